@@ -15,8 +15,12 @@ from sparsejit.errors import (
 
 __version__ = "0.1.0"
 
+from sparsejit.plan.engine import Engine, compile  # noqa: E402  (needs __version__ for the cache key)
+
 __all__ = [
     "BatchTooLargeError",
+    "Engine",
+    "compile",
     "ExternalDataError",
     "InvalidInputError",
     "ModelLoadError",

@@ -1,0 +1,56 @@
+"""Choose and configure Numba's threading layer once, before any parallel kernel runs.
+
+OpenMP's barrier costs milliseconds per parallel region on this class of machine (a preempted
+thread stalls it for a scheduler tick), so sparsejit prefers TBB, whose launch costs microseconds and
+which is safe to call from several Python threads at once. TBB's shared library ships in the `tbb`
+wheel under `<prefix>/lib`, where Numba does not look, so it is loaded by path here: users set no
+environment variable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+
+import numba
+
+_configured = False
+
+
+def _preload_tbb() -> bool:
+    for prefix in {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(sys.executable))}:
+        for path in sorted(glob.glob(os.path.join(prefix, "lib", "libtbb.so.12*"))):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                return True
+            except OSError:
+                continue
+    return False
+
+
+def configure_threading() -> str:
+    """Select the threading layer (TBB if loadable, else workqueue). Returns the requested layer."""
+    global _configured
+    if not _configured:
+        _configured = True
+        if os.environ.get("NUMBA_THREADING_LAYER"):
+            return numba.config.THREADING_LAYER
+        _preload_tbb()
+        try:
+            from numba.np.ufunc import tbbpool  # noqa: F401
+
+            numba.config.THREADING_LAYER = "tbb"
+        except ImportError:
+            numba.config.THREADING_LAYER = "workqueue"
+    return numba.config.THREADING_LAYER
+
+
+def set_threads(num_threads: int | None) -> int:
+    """Set the Numba thread count for the calling thread (None = all cores). Returns it."""
+    configure_threading()
+    n = numba.config.NUMBA_NUM_THREADS if num_threads is None else max(1, min(int(num_threads),
+                                                                          numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n

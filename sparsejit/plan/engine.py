@@ -1,0 +1,320 @@
+"""`Engine`: a compiled model with one plan per (batch, sequence) bucket, and `compile()`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsejit.errors import (
+    BatchTooLargeError,
+    InvalidInputError,
+    SequenceTooLongError,
+    ShapeError,
+)
+from sparsejit.graph.ir import Graph, Value
+from sparsejit.graph.onnx_import import ModelSource, load_onnx
+from sparsejit.graph.specialise import fold_constants, specialise
+from sparsejit.kernels.threading import set_threads
+from sparsejit.plan.plan import Plan
+
+BATCH, SEQ = "batch", "sequence"
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One compiled shape: batch size, sequence length (None when inputs have no sequence axis)."""
+
+    batch: int
+    sequence: int | None
+
+
+class Engine:
+    """A model compiled to one plan per bucket. Call it with a list of arrays or use `run(dict)`.
+
+    Inputs shorter than a bucket are padded on the sequence axis (zeros, or `pad_values[name]`) and a
+    smaller batch with padding rows; outputs are sliced back to the caller's batch and length.
+    """
+
+    def __init__(self, model: ModelSource, batch_size: int | None = None,
+                 sequence_length: int | Sequence[int] | None = None, num_threads: int | None = None,
+                 input_shapes: Mapping[str, Sequence[int]] | None = None,
+                 pad_values: Mapping[str, int | float] | None = None) -> None:
+        graph = load_onnx(model)
+        self._graph = fold_constants(graph)
+        self.num_threads = num_threads
+        self.input_names = graph.input_names
+        self.output_names = graph.output_names
+        unknown = set(pad_values or ()) - set(self.input_names)
+        if unknown:
+            raise InvalidInputError(f"pad_values names unknown inputs {sorted(unknown)}; "
+                                    f"inputs are {self.input_names}")
+        self.pad_values = {name: (pad_values or {}).get(name, 0) for name in self.input_names}
+        self._input_specs = {v.name: v for v in graph.inputs}
+        self._weight_cache: dict = {}
+        self._plans: dict[Bucket, Plan] = {}
+        if input_shapes is not None:
+            self._input_roles = {name: () for name in self.input_names}
+            shapes = {name: tuple(int(d) for d in input_shapes[name]) for name in self.input_names
+                      if name in input_shapes}
+            missing = set(self.input_names) - set(shapes)
+            if missing:
+                raise ShapeError(f"input_shapes lacks {sorted(missing)}")
+            bucket = Bucket(0, None)
+            self._plans[bucket] = Plan(specialise(self._graph, shapes), self._weight_cache)
+        else:
+            self._input_roles = _input_roles(graph.inputs)
+            for bucket in _buckets(graph.inputs, self._input_roles, batch_size, sequence_length):
+                shapes = self._bucket_shapes(bucket)
+                self._plans[bucket] = Plan(specialise(self._graph, shapes), self._weight_cache)
+        self._output_roles = self._find_output_roles(graph)
+
+    # ---- description -------------------------------------------------------------------------
+    @property
+    def buckets(self) -> list[tuple[int, int | None]]:
+        """The compiled (batch, sequence) shapes, smallest sequence first."""
+        return [(b.batch, b.sequence) for b in self._plans]
+
+    @property
+    def batch_size(self) -> int:
+        return max(b.batch for b in self._plans)
+
+    @property
+    def sequence_lengths(self) -> list[int]:
+        return [b.sequence for b in self._plans if b.sequence is not None]
+
+    def input_shapes(self, bucket: tuple[int, int | None] | None = None) -> dict[str, tuple[int, ...]]:
+        plan = self._plan_for(bucket)
+        return {name: tuple(arr.shape) for name, arr in plan.inputs.items()}
+
+    def output_shapes(self, bucket: tuple[int, int | None] | None = None) -> dict[str, tuple[int, ...]]:
+        plan = self._plan_for(bucket)
+        return {name: tuple(arr.shape) for name, arr in plan.outputs.items()}
+
+    def input_dtypes(self) -> dict[str, np.dtype]:
+        return {name: v.dtype for name, v in self._input_specs.items()}
+
+    def __repr__(self) -> str:
+        return (f"Engine(inputs={self.input_names}, outputs={self.output_names}, "
+                f"buckets={self.buckets}, num_threads={self.num_threads})")
+
+    # ---- running ------------------------------------------------------------------------------
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if isinstance(inputs, Mapping):
+            raise InvalidInputError("call engine(list_of_arrays) or engine.run(dict_of_arrays)")
+        if len(inputs) != len(self.input_names):
+            raise InvalidInputError(f"expected {len(self.input_names)} inputs {self.input_names}, "
+                                    f"got {len(inputs)}")
+        result = self.run(dict(zip(self.input_names, inputs, strict=True)))
+        return [result[name] for name in self.output_names]
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on named inputs; returns named outputs (fresh arrays)."""
+        arrays = self._validate(feed)
+        batch, seq = self._extent(arrays)
+        bucket = self._choose_bucket(batch, seq)
+        plan = self._plans[bucket]
+        set_threads(self.num_threads)
+        with plan.lock:
+            for name, arr in arrays.items():
+                self._fill_input(plan.inputs[name], arr, name)
+            plan.run()
+            return {name: self._slice_output(plan.outputs[name], name, batch, seq).copy()
+                    for name in self.output_names}
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def _plan_for(self, bucket) -> Plan:
+        if bucket is None:
+            return next(iter(self._plans.values()))
+        return self._plans[Bucket(*bucket)]
+
+    def _bucket_shapes(self, bucket: Bucket) -> dict[str, tuple[int, ...]]:
+        shapes = {}
+        for v in self._input_specs.values():
+            roles = self._input_roles[v.name]
+            dims = []
+            for axis, dim in enumerate(v.shape or ()):
+                role = roles[axis] if axis < len(roles) else None
+                dims.append(bucket.batch if role == BATCH else bucket.sequence if role == SEQ else dim)
+            shapes[v.name] = tuple(dims)
+        return shapes
+
+    def _validate(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not isinstance(feed, Mapping):
+            raise InvalidInputError("engine.run takes a dict {input name: array}")
+        missing = [n for n in self.input_names if n not in feed]
+        extra = [n for n in feed if n not in self._input_specs]
+        if missing or extra:
+            raise InvalidInputError(f"inputs must be exactly {self.input_names}; missing {missing}, "
+                                    f"unexpected {extra}")
+        arrays = {}
+        for name in self.input_names:
+            arr = np.asarray(feed[name])
+            want = self._input_specs[name].dtype
+            if arr.dtype != want:
+                same_kind = (np.issubdtype(arr.dtype, np.integer) and np.issubdtype(want, np.integer)) or (
+                    np.issubdtype(arr.dtype, np.floating) and np.issubdtype(want, np.floating)) or (
+                    arr.dtype == np.bool_ and want == np.bool_)
+                if not same_kind:
+                    raise InvalidInputError(f"input {name!r} must be {want}, got {arr.dtype}")
+                arr = arr.astype(want)
+            plan_shape = next(iter(self._plans.values())).inputs[name].shape
+            if arr.ndim != len(plan_shape):
+                raise InvalidInputError(f"input {name!r} must have rank {len(plan_shape)} "
+                                        f"(shape like {plan_shape}), got shape {arr.shape}")
+            arrays[name] = arr
+        return arrays
+
+    def _extent(self, arrays: dict[str, np.ndarray]) -> tuple[int, int | None]:
+        batch = seq = None
+        for name, arr in arrays.items():
+            roles = self._input_roles[name]
+            for axis, role in enumerate(roles):
+                size = arr.shape[axis]
+                if role == BATCH:
+                    if batch is not None and size != batch:
+                        raise InvalidInputError(f"inputs disagree on the batch size ({batch} vs {size} "
+                                                f"in {name!r})")
+                    batch = size
+                elif role == SEQ:
+                    if seq is not None and size != seq:
+                        raise InvalidInputError(f"inputs disagree on the sequence length ({seq} vs {size} "
+                                                f"in {name!r})")
+                    seq = size
+        return batch, seq
+
+    def _choose_bucket(self, batch: int | None, seq: int | None) -> Bucket:
+        buckets = list(self._plans)
+        if len(buckets) == 1 and buckets[0] == Bucket(0, None):
+            return buckets[0]
+        if batch is None:
+            pass
+        elif batch > self.batch_size:
+            raise BatchTooLargeError(f"batch of {batch} is larger than the engine's batch size "
+                                     f"{self.batch_size}: split it, or compile with batch_size={batch}")
+        elif batch < 1:
+            raise InvalidInputError("empty batch: give at least one row")
+        if seq is None:
+            return buckets[0]
+        fitting = [b for b in buckets if b.sequence is not None and b.sequence >= seq]
+        if not fitting:
+            raise SequenceTooLongError(f"sequence length {seq} exceeds the largest bucket "
+                                       f"{max(self.sequence_lengths)}: truncate the input or compile "
+                                       f"with a larger sequence_length")
+        return min(fitting, key=lambda b: b.sequence)
+
+    def _fill_input(self, buffer: np.ndarray, arr: np.ndarray, name: str) -> None:
+        if buffer.shape == arr.shape:
+            buffer[...] = arr
+            return
+        roles = self._input_roles[name]
+        index = []
+        for axis, size in enumerate(arr.shape):
+            role = roles[axis] if axis < len(roles) else None
+            if role is None and size != buffer.shape[axis]:
+                raise InvalidInputError(f"input {name!r} must have size {buffer.shape[axis]} on axis "
+                                        f"{axis}, got shape {arr.shape}")
+            index.append(slice(0, size))
+        buffer[...] = self.pad_values[name]
+        buffer[tuple(index)] = arr
+
+    def _slice_output(self, out: np.ndarray, name: str, batch: int | None, seq: int | None) -> np.ndarray:
+        roles = self._output_roles.get(name, ())
+        index = []
+        for axis in range(out.ndim):
+            role = roles[axis] if axis < len(roles) else None
+            index.append(slice(0, batch) if role == BATCH else slice(0, seq) if role == SEQ else slice(None))
+        return out[tuple(index)]
+
+    def _find_output_roles(self, graph: Graph) -> dict[str, tuple[str | None, ...]]:
+        """Which output axes follow the batch / sequence axis: from declared dim names, else probing."""
+        first = next(iter(self._plans))
+        if first == Bucket(0, None):
+            return {}
+        symbols = {}
+        for v in graph.inputs:
+            for axis, role in enumerate(self._input_roles[v.name]):
+                if role and v.shape and isinstance(v.shape[axis], str):
+                    symbols[v.shape[axis]] = role
+        roles: dict[str, tuple[str | None, ...]] = {}
+        unresolved = []
+        for v in graph.outputs:
+            if v.shape and all(isinstance(d, int) or d in symbols for d in v.shape):
+                roles[v.name] = tuple(symbols.get(d) if isinstance(d, str) else None for d in v.shape)
+            else:
+                unresolved.append(v.name)
+        if unresolved:
+            roles.update(self._probe_output_roles(unresolved, first))
+        return roles
+
+    def _probe_output_roles(self, names: list[str], bucket: Bucket) -> dict[str, tuple[str | None, ...]]:
+        base = self._plans[bucket].graph.value_info
+        more_batch = specialise(self._graph, self._bucket_shapes(Bucket(bucket.batch + 1, bucket.sequence)))
+        roles = {}
+        more_seq = None
+        if bucket.sequence is not None:
+            more_seq = specialise(self._graph, self._bucket_shapes(Bucket(bucket.batch, bucket.sequence + 1)))
+        for name in names:
+            shape = base[name].shape
+            b_shape = more_batch.value_info[name].shape
+            s_shape = more_seq.value_info[name].shape if more_seq is not None else shape
+            roles[name] = tuple(
+                BATCH if b != d else SEQ if s != d else None
+                for d, b, s in zip(shape, b_shape, s_shape, strict=True))
+        return roles
+
+
+def _input_roles(inputs: list[Value]) -> dict[str, tuple[str | None, ...]]:
+    """Axis 0 is the batch axis and axis 1 the sequence axis when the model leaves them dynamic."""
+    roles = {}
+    for v in inputs:
+        if v.shape is None:
+            raise ShapeError(f"model input {v.name!r} has no declared rank; pass input_shapes=")
+        axis_roles: list[str | None] = []
+        for axis, dim in enumerate(v.shape):
+            if isinstance(dim, int):
+                axis_roles.append(None)
+            elif axis == 0:
+                axis_roles.append(BATCH)
+            elif axis == 1:
+                axis_roles.append(SEQ)
+            else:
+                raise ShapeError(f"input {v.name!r} has a dynamic axis {axis} ({dim!r}) that is neither "
+                                 f"batch nor sequence; pass input_shapes=")
+        roles[v.name] = tuple(axis_roles)
+    return roles
+
+
+def _buckets(inputs: list[Value], roles, batch_size, sequence_length) -> list[Bucket]:
+    fixed_batch = {v.shape[0] for v in inputs if v.shape and isinstance(v.shape[0], int) and len(v.shape) > 0}
+    fixed_seq = {v.shape[1] for v in inputs if v.shape and len(v.shape) > 1 and isinstance(v.shape[1], int)}
+    has_batch = any(BATCH in r for r in roles.values())
+    has_seq = any(SEQ in r for r in roles.values())
+    if batch_size is None:
+        batch_size = next(iter(fixed_batch)) if (fixed_batch and not has_batch) else 1
+    if int(batch_size) < 1:
+        raise ShapeError(f"batch_size must be ≥ 1, got {batch_size}")
+    if not has_seq:
+        return [Bucket(int(batch_size), None)]
+    if sequence_length is None:
+        sequence_length = [128]
+    elif isinstance(sequence_length, int | np.integer):
+        sequence_length = [int(sequence_length)]
+    lengths = sorted({int(s) for s in sequence_length})
+    if not lengths or lengths[0] < 1:
+        raise ShapeError(f"sequence lengths must be ≥ 1, got {sequence_length}")
+    return [Bucket(int(batch_size), s) for s in lengths]
+
+
+def compile(model: ModelSource, batch_size: int | None = None,
+            sequence_length: int | Sequence[int] | None = None, num_threads: int | None = None,
+            input_shapes: Mapping[str, Sequence[int]] | None = None,
+            pad_values: Mapping[str, int | float] | None = None) -> Engine:
+    """Compile an ONNX model (path, bytes or ModelProto) into an `Engine`.
+
+    `sequence_length` may be a list: one plan is compiled per length, all sharing one copy of the
+    weights, and each call runs in the smallest bucket that fits. `input_shapes` instead fixes every
+    input's shape exactly (for models that are not batch × sequence shaped).
+    """
+    return Engine(model, batch_size, sequence_length, num_threads, input_shapes, pad_values)

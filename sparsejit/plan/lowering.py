@@ -1,0 +1,83 @@
+"""Lowering registry: how each IR node becomes a call of a kernel on preallocated buffers.
+
+A lowering is `fn(node, ctx) -> Step | None`; the returned zero-argument callable runs the kernel
+with every array already bound, so executing a plan is a loop over closures. Lowerings live in the
+`ops_*` modules of this package, one small function per operator (family).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sparsejit.errors import UnsupportedOperatorError
+from sparsejit.graph.ir import Graph, Node
+
+Step = Callable[[], None]
+Lowering = Callable[[Node, "LowerContext"], Step | None]
+
+LOWERINGS: dict[tuple[str, str], Lowering] = {}
+
+
+def lowers(*op_types: str, domain: str = "") -> Callable[[Lowering], Lowering]:
+    """Decorator registering a lowering for one or more op types of `domain`."""
+
+    def register(fn: Lowering) -> Lowering:
+        for op in op_types:
+            LOWERINGS[(domain, op)] = fn
+        return fn
+
+    return register
+
+
+@dataclass
+class LowerContext:
+    """What a lowering may look at: the specialised graph, its buffers and shared weight caches."""
+
+    graph: Graph
+    arrays: dict[str, np.ndarray]
+    weight_cache: dict = field(default_factory=dict)
+
+    def array(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    def operand(self, name: str) -> np.ndarray:
+        """The array behind input `name`: its constant value or its run-time buffer."""
+        const = self.graph.initializers.get(name)
+        return const if const is not None else self.arrays[name]
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The constant value of input `name`, or None when it is computed at run time."""
+        return self.graph.initializers.get(name) if name else None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.graph.value_info[name].shape)
+
+    def dtype(self, name: str) -> np.dtype:
+        return self.graph.value_info[name].dtype
+
+    def opset(self, node: Node) -> int:
+        return self.graph.opset(node.domain)
+
+    def shared(self, key, build: Callable[[], object]):
+        """Memoise a derived weight (e.g. a packed matrix) so every bucket shares one copy."""
+        if key not in self.weight_cache:
+            self.weight_cache[key] = build()
+        return self.weight_cache[key]
+
+
+def check_supported(graph: Graph) -> None:
+    """Raise `UnsupportedOperatorError` for the first node no lowering exists for."""
+    for node in graph.nodes:
+        if (node.domain, node.op_type) not in LOWERINGS:
+            raise UnsupportedOperatorError(node.op_type, node.domain, node.name,
+                                           "sparsejit has no kernel for it")
+
+
+def lower(node: Node, ctx: LowerContext) -> Step | None:
+    fn = LOWERINGS.get((node.domain, node.op_type))
+    if fn is None:
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "sparsejit has no kernel for it")
+    return fn(node, ctx)

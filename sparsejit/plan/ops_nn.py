@@ -1,0 +1,131 @@
+"""Compute operators: matrix products, softmax, layer normalisation, reductions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsejit.errors import UnsupportedOperatorError
+from sparsejit.graph.ir import Node
+from sparsejit.kernels import reduce as rk
+from sparsejit.kernels.matmul import matmul
+from sparsejit.kernels.normalization import layer_norm_rows, softmax
+from sparsejit.plan.lowering import LowerContext, Step, lowers
+from sparsejit.plan.ops_elementwise import lower_elementwise
+from sparsejit.plan.ops_tensor import sequence
+
+
+@lowers("MatMul")
+def _matmul(node: Node, ctx: LowerContext) -> Step:
+    a = ctx.operand(node.inputs[0])
+    b = ctx.operand(node.inputs[1])
+    out = ctx.array(node.outputs[0])
+    return lambda: matmul(a, b, out)
+
+
+@lowers("Gemm")
+def _gemm(node: Node, ctx: LowerContext) -> Step:
+    alpha = float(node.attrs.get("alpha", 1.0))
+    beta = float(node.attrs.get("beta", 1.0))
+    a = ctx.operand(node.inputs[0])
+    if node.attrs.get("transA", 0):
+        a = np.ascontiguousarray(a.T) if ctx.const(node.inputs[0]) is not None else a.T
+    b_name = node.inputs[1]
+    b_const = ctx.const(b_name)
+    trans_b = bool(node.attrs.get("transB", 0))
+    if b_const is not None:
+        b = ctx.shared(("gemm_b", b_name, trans_b, alpha), lambda: np.ascontiguousarray(
+            (b_const.T if trans_b else b_const) * np.asarray(alpha, b_const.dtype)))
+    else:
+        b = ctx.array(b_name).T if trans_b else ctx.array(b_name)
+        if alpha != 1.0:
+            raise UnsupportedOperatorError(node.op_type, node.domain, node.name,
+                                           "alpha != 1 with a run-time B input")
+    out = ctx.array(node.outputs[0])
+    steps = [lambda: matmul(a, b, out)]
+    if len(node.inputs) > 2 and node.inputs[2]:
+        c_name = node.inputs[2]
+        c_const = ctx.const(c_name)
+        if c_const is not None and beta != 1.0:
+            scaled = f"{c_name}__beta"
+            ctx.graph.initializers[scaled] = (c_const * np.asarray(beta, c_const.dtype)).astype(c_const.dtype)
+            c_name = scaled
+        elif beta != 1.0:
+            raise UnsupportedOperatorError(node.op_type, node.domain, node.name,
+                                           "beta != 1 with a run-time C input")
+        add = Node("Add", [node.outputs[0], c_name], [node.outputs[0]], {}, "", node.name + "/bias")
+        steps.append(lower_elementwise(add, ctx))
+    return sequence(steps)
+
+
+@lowers("Softmax", "LogSoftmax")
+def _softmax(node: Node, ctx: LowerContext) -> Step:
+    x = ctx.operand(node.inputs[0])
+    out = ctx.array(node.outputs[0])
+    log = node.op_type == "LogSoftmax"
+    if ctx.opset(node) < 13:  # old semantics: flatten to 2-D at `axis`, normalise each row
+        axis = node.attrs.get("axis", 1) % max(x.ndim, 1)
+        rows = int(np.prod(x.shape[:axis]))
+        x2, o2 = x.reshape(rows, -1), out.reshape(rows, -1)
+        return lambda: softmax(x2, o2, -1, log)
+    axis = node.attrs.get("axis", -1)
+    return lambda: softmax(x, out, axis, log)
+
+
+@lowers("LayerNormalization")
+def _layer_norm(node: Node, ctx: LowerContext) -> Step:
+    x = ctx.operand(node.inputs[0])
+    if any(name for name in node.outputs[1:]):
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name,
+                                       "the Mean/InvStdDev outputs are not produced")
+    axis = node.attrs.get("axis", -1) % x.ndim
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    n = int(np.prod(x.shape[axis:]))
+    rows = int(np.prod(x.shape[:axis]))
+    scale = np.ascontiguousarray(np.broadcast_to(ctx.operand(node.inputs[1]), x.shape[axis:])).reshape(n)
+    if len(node.inputs) > 2 and node.inputs[2]:
+        bias = np.ascontiguousarray(np.broadcast_to(ctx.operand(node.inputs[2]), x.shape[axis:])).reshape(n)
+    else:
+        bias = np.zeros(n, dtype=x.dtype)
+    x2 = x.reshape(rows, n)
+    out2 = ctx.array(node.outputs[0]).reshape(rows, n)
+    if ctx.const(node.inputs[1]) is None or (len(node.inputs) > 2 and node.inputs[2]
+                                             and ctx.const(node.inputs[2]) is None):
+        src_scale, src_bias = ctx.operand(node.inputs[1]), ctx.operand(node.inputs[2])
+
+        def run() -> None:
+            layer_norm_rows(x2, np.broadcast_to(src_scale, x.shape[axis:]).reshape(n),
+                            np.broadcast_to(src_bias, x.shape[axis:]).reshape(n), eps, out2)
+
+        return run
+    return lambda: layer_norm_rows(x2, scale, bias, eps, out2)
+
+
+_REDUCE_KIND = {"ReduceSum": rk.SUM, "ReduceMean": rk.MEAN, "ReduceMax": rk.MAX, "ReduceMin": rk.MIN,
+                "ReduceProd": rk.PROD, "ReduceSumSquare": rk.SUM_SQUARE, "ReduceL2": rk.L2,
+                "ReduceL1": rk.L1, "ReduceLogSumExp": rk.LOG_SUM_EXP}
+# Opset from which each reduction takes `axes` as an input instead of an attribute.
+_AXES_AS_INPUT = {"ReduceSum": 13}
+
+
+@lowers(*_REDUCE_KIND)
+def _reduce(node: Node, ctx: LowerContext) -> Step:
+    x = ctx.operand(node.inputs[0])
+    out = ctx.array(node.outputs[0])
+    if ctx.opset(node) >= _AXES_AS_INPUT.get(node.op_type, 18):
+        axes_value = None
+        if len(node.inputs) > 1 and node.inputs[1]:
+            axes_value = ctx.const(node.inputs[1])
+            if axes_value is None:
+                raise UnsupportedOperatorError(node.op_type, node.domain, node.name,
+                                               "axes must be known at compile time")
+        axes = tuple(int(a) for a in axes_value.reshape(-1)) if axes_value is not None else ()
+    else:
+        axes = tuple(node.attrs.get("axes", ()))
+    if not axes and node.attrs.get("noop_with_empty_axes", 0):
+        from sparsejit.plan.ops_tensor import copy_step
+
+        return copy_step(x, out)
+    if x.size == 0:
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "reduction of an empty tensor")
+    kind = _REDUCE_KIND[node.op_type]
+    return lambda: rk.reduce(x, axes, kind, out)

@@ -1,0 +1,48 @@
+"""An executable plan: one specialised graph, its preallocated buffers and a list of kernel calls."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from sparsejit.graph.ir import Graph
+from sparsejit.graph.memory import VIEW_OPS, plan_memory
+from sparsejit.plan import ops_elementwise, ops_nn, ops_tensor  # noqa: F401  (register lowerings)
+from sparsejit.plan.lowering import LowerContext, check_supported, lower, lowers
+
+
+@lowers(*VIEW_OPS)
+def _view(node, ctx):  # views were bound to their input's buffer by the memory plan
+    return None
+
+
+class Plan:
+    """Runs one bucket shape. Not re-entrant: `lock` serialises callers sharing the buffers."""
+
+    def __init__(self, graph: Graph, weight_cache: dict) -> None:
+        check_supported(graph)
+        self.graph = graph
+        memory = plan_memory(graph)
+        self.buffer_bytes = memory.total_bytes
+        blocks = memory.allocate()
+        info = graph.value_info
+        arrays: dict[str, np.ndarray] = {}
+        for v in graph.inputs:
+            arrays[v.name] = np.zeros(v.shape, dtype=v.dtype)
+        for name, block in memory.block_of.items():
+            v = info[name]
+            nbytes = int(np.prod(v.shape)) * v.dtype.itemsize
+            arrays[name] = blocks[block][:nbytes].view(v.dtype).reshape(v.shape)
+        for name, source in memory.alias_of.items():
+            arrays[name] = arrays[source].reshape(info[name].shape)
+        self.inputs = {v.name: arrays[v.name] for v in graph.inputs}
+        ctx = LowerContext(graph, arrays, weight_cache)
+        self.steps = [step for node in graph.nodes if (step := lower(node, ctx)) is not None]
+        self.outputs = {v.name: arrays[v.name] if v.name in arrays else graph.initializers[v.name]
+                        for v in graph.outputs}
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        for step in self.steps:
+            step()
