@@ -42,6 +42,7 @@ class Plan:
         self.outputs = {v.name: arrays[v.name] if v.name in arrays else graph.initializers[v.name]
                         for v in graph.outputs}
         self.lock = threading.Lock()
+        self.run()  # compile every kernel now, so the first real call is fast and cannot fail late
 
     def run(self) -> None:
         for step in self.steps:
