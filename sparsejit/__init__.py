@@ -30,3 +30,11 @@ __all__ = [
     "UnsupportedOperatorError",
     "__version__",
 ]
+
+
+def __getattr__(name: str):  # lazy: importing sparsejit must not load the task pipelines
+    if name == "Pipeline":
+        from sparsejit.tasks.base import Pipeline
+
+        return Pipeline
+    raise AttributeError(f"module 'sparsejit' has no attribute {name!r}")

@@ -1,0 +1,405 @@
+"""`Pipeline`: text in, answers out. The shape of Hugging Face `transformers` pipelines.
+
+Every task does ``preprocess -> engine forward -> postprocess``. Options are split once by
+``_sanitize_parameters`` into (preprocess, forward, postprocess) keyword dicts — at construction and again
+for per-call overrides. Tokenisation uses `tokenizers` (batched); padding and truncation are set by the
+pipeline from its sequence-length buckets, never inherited from ``tokenizer.json``. Rows are sorted by
+length and run in chunks of the engine's batch size, so each chunk lands in the smallest bucket that fits.
+
+Each task class declares pydantic ``input_schema`` / ``output_schema`` (reused by the REST server):
+``pipeline.run(request)`` validates a request against the input schema and returns the output schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel
+from tokenizers import Encoding, Tokenizer
+
+from sparsejit.errors import InvalidInputError, ModelLoadError
+
+__all__ = [
+    "Encoded",
+    "ModelFiles",
+    "Pipeline",
+    "load_config",
+    "load_tokenizer",
+    "resolve_model_files",
+    "suggest_buckets",
+]
+
+#: engine inputs a pipeline knows how to fill from a tokenizer encoding.
+_KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+# ------------------------------------------------------------------------------------------ model files
+
+
+@dataclass
+class ModelFiles:
+    """Where a pipeline's model lives: the ONNX model (path or in-memory proto) and the directory that
+    holds ``tokenizer.json`` / ``config.json``."""
+
+    model: Path | Any  # Path to an .onnx file, or an onnx.ModelProto built in memory
+    directory: Path
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.directory / "tokenizer.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "config.json"
+
+
+def resolve_model_files(model_path: str | os.PathLike | ModelFiles) -> ModelFiles:
+    """Accept a directory holding ``model.onnx`` (Hugging Face layout) or an ``.onnx`` file beside its
+    ``tokenizer.json`` / ``config.json``."""
+    if isinstance(model_path, ModelFiles):
+        return model_path
+    path = Path(model_path).expanduser()
+    if path.is_dir():
+        onnx_path = path / "model.onnx"
+        if not onnx_path.is_file():
+            candidates = sorted(path.glob("*.onnx"))
+            if len(candidates) != 1:
+                raise ModelLoadError(f"{path} has no model.onnx (found {[c.name for c in candidates]}); "
+                                     "pass the .onnx file itself")
+            onnx_path = candidates[0]
+        directory = path
+    elif path.is_file():
+        onnx_path, directory = path, path.parent
+    else:
+        raise ModelLoadError(f"model path {path} does not exist: give a directory with model.onnx, "
+                             "tokenizer.json and config.json, or an .onnx file beside them")
+    if not (directory / "tokenizer.json").is_file():
+        raise ModelLoadError(f"no tokenizer.json in {directory}: a pipeline needs the model's "
+                             "Hugging Face fast tokenizer file beside the ONNX model")
+    return ModelFiles(onnx_path, directory)
+
+
+def load_config(directory: Path) -> dict[str, Any]:
+    """``config.json`` of a model directory as a dict ({} when absent)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Load ``tokenizer.json`` (or a directory holding it) with padding and truncation switched off."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception on bad files
+        raise ModelLoadError(f"cannot load tokenizer {path}: {exc}") from exc
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+def _pad_token_id(tokenizer: Tokenizer, config: Mapping[str, Any], tokenizer_path: Path) -> int:
+    try:
+        baked = json.loads(Path(tokenizer_path).read_text()).get("padding") or {}
+    except (OSError, json.JSONDecodeError):
+        baked = {}
+    if "pad_id" in baked and baked.get("pad_token") is not None:
+        return int(baked["pad_id"])
+    for token in ("[PAD]", "<pad>", "<PAD>"):
+        tid = tokenizer.token_to_id(token)
+        if tid is not None:
+            return int(tid)
+    return int(config.get("pad_token_id") or 0)
+
+
+# ------------------------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class Encoded:
+    """One user input after preprocessing: engine rows (1-D int64 arrays, one dict per row — QA windows
+    give several rows per input) and whatever postprocessing needs (``meta``)."""
+
+    rows: list[dict[str, np.ndarray]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Base class of task pipelines. Use :meth:`Pipeline.create` to build one by task name.
+
+    Subclasses set ``task``, ``input_schema``, ``output_schema`` and implement ``_sanitize_parameters``,
+    ``_parse_inputs``, ``preprocess`` and ``postprocess``; optionally ``default_model`` (a callable
+    returning a path or :class:`ModelFiles`) and ``_prepare_model`` (to edit the graph before compiling).
+    """
+
+    task: ClassVar[str] = ""
+    input_schema: ClassVar[type[BaseModel]]
+    output_schema: ClassVar[type[BaseModel]]
+    default_model: ClassVar[Callable[[], str | os.PathLike | ModelFiles] | None] = None
+
+    def __init__(self, model_path: str | os.PathLike | ModelFiles | None = None, *, batch_size: int = 1,
+                 sequence_length: int | Sequence[int] = 128, num_threads: int | None = None,
+                 **task_kwargs: Any) -> None:
+        from sparsejit.plan.engine import compile as compile_engine
+
+        if model_path is None:
+            if self.default_model is None:
+                raise InvalidInputError(f"task {self.task!r} has no default model: pass model_path")
+            model_path = type(self).default_model()
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+        self.files = resolve_model_files(model_path)
+        self.config = load_config(self.files.directory)
+        self.tokenizer = load_tokenizer(self.files.tokenizer_path)
+        self.pad_token_id = _pad_token_id(self.tokenizer, self.config, self.files.tokenizer_path)
+        lengths = [sequence_length] if isinstance(sequence_length, int) else list(sequence_length)
+        if not lengths or any(int(s) < 2 for s in lengths):
+            raise InvalidInputError(f"sequence_length must be an int >= 2 or a non-empty list of them, "
+                                    f"got {sequence_length!r}")
+        self.model_max_length = int(self.config.get("max_position_embeddings") or 0) or None
+        if self.model_max_length and self.config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+            self.model_max_length -= 2  # positions start after the padding index
+        if self.model_max_length and max(lengths) > self.model_max_length:
+            raise InvalidInputError(f"sequence_length {max(lengths)} exceeds the model's maximum "
+                                    f"{self.model_max_length} (config.json max_position_embeddings)")
+        self.sequence_lengths = sorted({int(s) for s in lengths})
+        self._init_params = dict(task_kwargs)
+        # Validate task options before the (slow) compile.
+        self._params = self._checked_sanitize(task_kwargs)
+        model = self._prepare_model(self.files)
+        self.engine = compile_engine(model, batch_size=batch_size, sequence_length=self.sequence_lengths,
+                                     num_threads=num_threads, pad_values=self._pad_values(model))
+        missing = [n for n in self.engine.input_names if n not in _KNOWN_INPUTS]
+        if missing:
+            raise ModelLoadError(f"model inputs {missing} cannot be filled from a tokenizer; a pipeline "
+                                 f"supports {list(_KNOWN_INPUTS)}")
+        self.batch_size = self.engine.batch_size
+        self.configure_tokenizer()
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, task: str, model_path: str | os.PathLike | ModelFiles | None = None, batch_size: int = 1,
+               sequence_length: int | Sequence[int] = 128, num_threads: int | None = None,
+               **task_kwargs: Any) -> Pipeline:
+        """Build the pipeline registered for ``task`` (aliases, any case, ``-``/``_`` interchangeable).
+
+        ``model_path``: a directory with model.onnx, tokenizer.json, config.json, or an .onnx file beside
+        them; None uses the task's default model when it has one. ``sequence_length`` may be a list of
+        buckets: one plan per length sharing the weights; each batch runs in the smallest that fits.
+        """
+        from sparsejit.tasks.registry import get_pipeline_class
+
+        klass = get_pipeline_class(task)
+        return klass(model_path, batch_size=batch_size, sequence_length=sequence_length,
+                     num_threads=num_threads, **task_kwargs)
+
+    def _prepare_model(self, files: ModelFiles) -> Any:
+        """The model handed to the compiler (a path or ModelProto). Override to cut or edit the graph."""
+        return files.model
+
+    def _pad_values(self, model: Any) -> dict[str, int] | None:
+        import onnx
+
+        if isinstance(model, onnx.ModelProto):
+            proto = model
+        else:
+            proto = onnx.load(str(model), load_external_data=False)
+        inits = {t.name for t in proto.graph.initializer}
+        names = [i.name for i in proto.graph.input if i.name not in inits]
+        return {"input_ids": self.pad_token_id} if "input_ids" in names else None
+
+    def configure_tokenizer(self) -> None:
+        """Set truncation to the largest bucket (longest-first for pairs), no padding (done per chunk)."""
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.max_length, strategy="longest_first")
+
+    @property
+    def max_length(self) -> int:
+        """The largest sequence-length bucket: longer inputs are truncated (or windowed for QA)."""
+        return self.sequence_lengths[-1]
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Label names from config.json (``LABEL_i`` when absent)."""
+        raw = self.config.get("id2label") or {}
+        labels = {int(k): str(v) for k, v in raw.items()}
+        n = int(self.config.get("num_labels") or 0) or len(labels)
+        return {i: labels.get(i, f"LABEL_{i}") for i in range(n)} if n else labels
+
+    # ---- options ------------------------------------------------------------------------------
+    def _sanitize_parameters(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Split task options into (preprocess, forward, postprocess) kwargs. Only options given are set."""
+        if kwargs:
+            raise TypeError(f"unexpected options {sorted(kwargs)}")
+        return {}, {}, {}
+
+    def _checked_sanitize(self, kwargs: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+        try:
+            return self._sanitize_parameters(**kwargs)
+        except TypeError as exc:
+            raise InvalidInputError(f"{type(self).__name__}: {exc}") from exc
+
+    def _call_params(self, kwargs: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+        if not kwargs:
+            return self._params
+        pre, fwd, post = self._checked_sanitize(kwargs)
+        return ({**self._params[0], **pre}, {**self._params[1], **fwd}, {**self._params[2], **post})
+
+    # ---- running ------------------------------------------------------------------------------
+    def __call__(self, inputs: Any = None, /, **kwargs: Any) -> Any:
+        """Run the task on one input or a list of inputs; returns one result or a list of them.
+
+        An instance of ``input_schema`` is accepted too. Keyword options override the pipeline's for
+        this call only.
+        """
+        if isinstance(inputs, BaseModel):
+            kwargs = {**inputs.model_dump(exclude_unset=True), **kwargs}
+            inputs = None
+        items, single, options = self._parse_inputs(inputs, dict(kwargs))
+        pre, fwd, post = self._call_params(options)
+        if not items:
+            return []
+        encoded = self.preprocess(items, **pre)
+        outputs = self.forward(encoded, **fwd)
+        results = [self.postprocess(enc, out, **post) for enc, out in zip(encoded, outputs, strict=True)]
+        return self._format_results(results, single)
+
+    def run(self, request: BaseModel | Mapping[str, Any]) -> BaseModel:
+        """Server entry point: validate ``request`` with ``input_schema``, return an ``output_schema``."""
+        if not isinstance(request, self.input_schema):
+            request = self.input_schema.model_validate(request)
+        result = self(request)
+        return self.output_schema.model_validate(to_jsonable(result))
+
+    def _parse_inputs(self, inputs: Any, kwargs: dict[str, Any]) -> tuple[list[Any], bool, dict[str, Any]]:
+        """Return (items, single, remaining option kwargs) from the call's arguments."""
+        raise NotImplementedError
+
+    def _format_results(self, results: list[Any], single: bool) -> Any:
+        return results[0] if single else results
+
+    def preprocess(self, items: list[Any], **kwargs: Any) -> list[Encoded]:
+        """Tokenise a list of items (batched) into :class:`Encoded` rows."""
+        raise NotImplementedError
+
+    def postprocess(self, encoded: Encoded, outputs: list[dict[str, np.ndarray]], **kwargs: Any) -> Any:
+        """Turn one item's engine outputs (one dict per row, each output's batch row) into a result."""
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str | tuple[str, str]],
+               add_special_tokens: bool = True) -> list[Encoding]:
+        """Batched tokenisation with the pipeline's truncation (texts or (text, text_pair) tuples)."""
+        return self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+
+    def rows_from_encoding(self, encoding: Encoding) -> dict[str, np.ndarray]:
+        """Engine row (1-D int64 arrays) from a tokenizer encoding."""
+        ids = np.asarray(encoding.ids, dtype=np.int64)
+        return {
+            "input_ids": ids,
+            "attention_mask": np.asarray(encoding.attention_mask, dtype=np.int64),
+            "token_type_ids": np.asarray(encoding.type_ids, dtype=np.int64),
+        }
+
+    def forward(self, encoded: list[Encoded], **kwargs: Any) -> list[list[dict[str, np.ndarray]]]:
+        """Run every row through the engine: rows sorted by length, chunked to the engine batch size,
+        padded to the chunk's longest row (the engine then pads to the bucket). Returns, per item, per
+        row, each output's row — sequence outputs have the chunk's padded length, not the row's."""
+        flat = [(i, j, row) for i, enc in enumerate(encoded) for j, row in enumerate(enc.rows)]
+        order = sorted(range(len(flat)), key=lambda k: len(flat[k][2]["input_ids"]))
+        results: list[list[dict[str, np.ndarray]]] = [[{} for _ in enc.rows] for enc in encoded]
+        for start in range(0, len(order), self.batch_size):
+            chunk = [flat[k] for k in order[start:start + self.batch_size]]
+            out = self.run_batch([row for _, _, row in chunk])
+            for b, (i, j, _) in enumerate(chunk):
+                results[i][j] = {name: arr[b] for name, arr in out.items()}
+        return results
+
+    def run_batch(self, rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Pad ``rows`` (at most ``batch_size`` of them) into one batch and run the engine on it."""
+        if len(rows) > self.batch_size:
+            raise InvalidInputError(f"{len(rows)} rows exceed the batch size {self.batch_size}")
+        length = max(len(r["input_ids"]) for r in rows)
+        if length > self.max_length:
+            raise InvalidInputError(f"row of {length} tokens exceeds the largest bucket {self.max_length}")
+        feed = {}
+        for name in self.engine.input_names:
+            if name == "position_ids":
+                feed[name] = np.broadcast_to(np.arange(length, dtype=np.int64), (len(rows), length)).copy()
+                continue
+            fill = self.pad_token_id if name == "input_ids" else 0
+            arr = np.full((len(rows), length), fill, dtype=np.int64)
+            for b, row in enumerate(rows):
+                arr[b, :len(row[name])] = row[name]
+            feed[name] = arr
+        return self.engine.run(feed)
+
+    def __repr__(self) -> str:
+        model = self.files.model if isinstance(self.files.model, Path) else "<in-memory>"
+        return (f"{type(self).__name__}(task={self.task!r}, model={model}, "
+                f"batch_size={self.batch_size}, sequence_lengths={self.sequence_lengths})")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy arrays / scalars inside nested lists and dicts -> plain Python (for schemas and JSON)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def suggest_buckets(texts: Iterable[str | tuple[str, str]], tokenizer_or_pipeline: Any,
+                    quantiles: Sequence[float] = (0.5, 0.9, 1.0), multiple: int = 16,
+                    max_length: int | None = None) -> list[int]:
+    """Suggest sequence-length buckets from the token lengths of a sample of user texts.
+
+    Each quantile of the lengths (special tokens included) is rounded up to a multiple of ``multiple``
+    and capped at ``max_length`` (default: the pipeline's model maximum, else 512); duplicates dropped.
+    ``tokenizer_or_pipeline``: a :class:`Pipeline`, a ``tokenizers.Tokenizer``, or a path to a
+    tokenizer.json / model directory.
+    """
+    if isinstance(tokenizer_or_pipeline, Pipeline):
+        tok, cap = tokenizer_or_pipeline.tokenizer, tokenizer_or_pipeline.model_max_length
+    elif isinstance(tokenizer_or_pipeline, Tokenizer):
+        tok, cap = tokenizer_or_pipeline, None
+    else:
+        path = Path(tokenizer_or_pipeline)
+        tok = load_tokenizer(path)
+        cfg = load_config(path if path.is_dir() else path.parent)
+        cap = int(cfg.get("max_position_embeddings") or 0) or None
+    cap = max_length or cap or 512
+    if multiple < 1:
+        raise InvalidInputError(f"multiple must be >= 1, got {multiple}")
+    if not quantiles or any(not 0 <= q <= 1 for q in quantiles):
+        raise InvalidInputError(f"quantiles must be in [0, 1], got {quantiles}")
+    tok = Tokenizer.from_str(tok.to_str())  # a copy: never change the caller's truncation settings
+    tok.no_truncation()
+    tok.no_padding()
+    texts = list(texts)
+    if not texts:
+        raise InvalidInputError("suggest_buckets needs at least one text")
+    lengths = np.array([len(e.ids) for e in tok.encode_batch(texts)])
+    buckets = set()
+    for q in sorted(quantiles):
+        n = int(np.ceil(np.quantile(lengths, q)))
+        buckets.add(min(cap, max(multiple, -(-n // multiple) * multiple)))
+    return sorted(buckets)
