@@ -15,7 +15,7 @@ fp32 (`Vec16f`):
     (one element broadcast to all lanes), vload_mask(a, off, n), vstore(a, off, v), vstore_a,
     vstore_mask(a, off, v, n) (first `n` lanes only, 0 <= n <= 16), vadd, vsub, vmul, vdiv, vmax,
     vmin, vfma(a, b, c) = a * b + c, vhsum(v), vextract(v, i), vblend_lt(x, y, a, b) = x < y ? a : b,
-    vabs.
+    vabs, vprefetch(a, off) (cache line into L2).
     verf(v), vtanh(v): rational approximations (max abs error ~1e-7 in float32), no exp needed.
 int32 (`Vec16i`):
     vizero(), vibroadcast(x), viload(a, off), vistore(a, off, v), viadd, vdpbusd(acc, u8x4, s8x4)
@@ -34,6 +34,7 @@ __all__ = [
     "vzero", "vbroadcast", "vload", "vload_a", "vload_bcast", "vload_mask",
     "vstore", "vstore_a", "vstore_mask",
     "vadd", "vsub", "vmul", "vdiv", "vmax", "vmin", "vfma", "vabs", "vhsum", "vextract", "vblend_lt",
+    "vprefetch",
     "verf", "vtanh",
     "vizero", "vibroadcast", "viload", "vistore", "viadd", "vdpbusd", "vcvt_i2f",
 ]
@@ -304,6 +305,21 @@ def vextract(typingctx, v, i):
     def codegen(context, builder, sig, args):
         return builder.extract_element(args[0], args[1])
     return types.float32(v, types.intp), codegen
+
+
+@intrinsic
+def vprefetch(typingctx, arr, off):
+    """Prefetch the cache line holding element `off` of `a` into L2 (`prefetcht1`); never faults."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.bitcast(_elem_ptr(context, builder, sig.args[0], args[0], args[1]),
+                              ir.IntType(8).as_pointer())
+        _call_intrinsic(builder, "llvm.prefetch.p0", ir.VoidType(),
+                        [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 2), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+    return types.none(arr, types.intp), codegen
 
 
 # ----------------------------------------------------------------------------------------------
