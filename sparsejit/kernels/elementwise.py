@@ -27,6 +27,11 @@ def _idiv(a, b):  # integer division truncating toward zero (C semantics, as ONN
 
 
 @njit(inline="always")
+def _ifmod(a, b):  # integer remainder with the sign of the dividend (C fmod)
+    return a - b * _idiv(a, b)
+
+
+@njit(inline="always")
 def _max(a, b):  # NaN-propagating maximum
     return a if (a >= b or a != a) else b
 
@@ -70,5 +75,5 @@ def as_rank2(arrays: list[np.ndarray], out: np.ndarray) -> tuple[list[np.ndarray
     """View rank-0/1 operands as rank 2 so every kernel has an outer parallel loop."""
     if out.ndim >= 2:
         return arrays, out
-    shape = (1, max(out.size, 1)) if out.ndim == 1 else (1, 1)
+    shape = (1, out.size) if out.ndim == 1 else (1, 1)
     return [a.reshape(shape) for a in arrays], out.reshape(shape)

@@ -54,6 +54,10 @@ def reduce_middle(x, kind, out):  # pragma: no cover - compiled
             out[o, i] = s
 
 
+_EMPTY_IDENTITY = {SUM: 0, MEAN: np.nan, MAX: -np.inf, MIN: np.inf, PROD: 1, SUM_SQUARE: 0, L2: 0, L1: 0,
+                   LOG_SUM_EXP: -np.inf}
+
+
 def reduce(x: np.ndarray, axes: tuple[int, ...], kind: int, out: np.ndarray) -> None:
     """Reduce `x` over `axes` into `out` (any keepdims form of the reduced shape)."""
     axes = tuple(sorted(a % x.ndim for a in axes)) if axes else tuple(range(x.ndim))
@@ -69,8 +73,12 @@ def reduce(x: np.ndarray, axes: tuple[int, ...], kind: int, out: np.ndarray) -> 
     n = int(np.prod([x.shape[a] for a in axes]))
     inner = int(np.prod(x.shape[axes[-1] + 1:]))
     x3 = np.ascontiguousarray(x).reshape(outer, n, inner)
-    if n == 0:
-        raise ValueError("reduction over an empty axis")
+    if n == 0:  # the reduction's identity: ONNX defines these for empty sets
+        identity = _EMPTY_IDENTITY[kind]
+        if out.dtype == np.bool_ and kind in (MAX, MIN):
+            identity = kind == MIN
+        out[...] = identity
+        return
     res = out.reshape(outer, inner) if out.flags.c_contiguous else np.empty((outer, inner), out.dtype)
     reduce_middle(x3, kind, res)
     if not out.flags.c_contiguous:

@@ -68,12 +68,23 @@ class LowerContext:
         return self.weight_cache[key]
 
 
+SUPPORTED_DTYPES = frozenset(np.dtype(t) for t in (
+    np.float32, np.float64, np.int64, np.int32, np.int16, np.int8, np.uint8, np.uint16, np.uint32,
+    np.uint64, np.bool_))
+
+
 def check_supported(graph: Graph) -> None:
-    """Raise `UnsupportedOperatorError` for the first node no lowering exists for."""
+    """Raise `UnsupportedOperatorError` for the first node no kernel exists for (op or dtype)."""
     for node in graph.nodes:
         if (node.domain, node.op_type) not in LOWERINGS:
             raise UnsupportedOperatorError(node.op_type, node.domain, node.name,
                                            "sparsejit has no kernel for it")
+        for name in node.inputs + node.outputs:
+            value = graph.value_info.get(name) if name else None
+            if value is not None and value.dtype not in SUPPORTED_DTYPES:
+                raise UnsupportedOperatorError(node.op_type, node.domain, node.name,
+                                               f"tensor {name!r} has element type {value.dtype}, "
+                                               "which sparsejit kernels do not handle")
 
 
 def lower(node: Node, ctx: LowerContext) -> Step | None:

@@ -95,7 +95,7 @@ def _isinf(node, x, dts, out):
 
 def _mod(node, x, dts, out):
     if node.attrs.get("fmod", 0):
-        return f"math.fmod({x[0]}, {x[1]})"
+        return f"_ifmod({x[0]}, {x[1]})" if _is_int(dts[0]) else f"np.fmod({x[0]}, {x[1]})"
     return f"({x[0]} % {x[1]})"
 
 
@@ -154,8 +154,9 @@ def scalar_literal(value: np.ndarray) -> str | None:
     return f"{ctor}({item!r})"
 
 
-def lower_elementwise(node: Node, ctx: LowerContext) -> Step:
-    expr_fn = ELEMENTWISE[node.op_type]
+def lower_elementwise(node: Node, ctx: LowerContext, expr_fn: Expr | None = None) -> Step:
+    """Lower an elementwise node (or any node given its expression builder `expr_fn`)."""
+    expr_fn = expr_fn or ELEMENTWISE[node.op_type]
     out_name = node.outputs[0]
     out = ctx.array(out_name)
     out_dtype = ctx.dtype(out_name)
@@ -188,5 +189,5 @@ def lower_elementwise(node: Node, ctx: LowerContext) -> Step:
 
 
 for _op in ELEMENTWISE:
-    lowers(_op)(lower_elementwise)
+    lowers(_op)(lambda node, ctx: lower_elementwise(node, ctx))
 

@@ -7,6 +7,8 @@ import numpy as np
 from sparsejit.errors import UnsupportedOperatorError
 from sparsejit.graph.ir import Node
 from sparsejit.kernels import reduce as rk
+from sparsejit.kernels.gemm import gemm, pack_b
+from sparsejit.kernels.gemm import matmul as simd_matmul
 from sparsejit.kernels.matmul import matmul
 from sparsejit.kernels.normalization import layer_norm_rows, softmax
 from sparsejit.plan.lowering import LowerContext, Step, lowers
@@ -14,47 +16,62 @@ from sparsejit.plan.ops_elementwise import lower_elementwise
 from sparsejit.plan.ops_tensor import sequence
 
 
+def _is_f32(*arrays: np.ndarray) -> bool:
+    return all(a.dtype == np.float32 for a in arrays)
+
+
 @lowers("MatMul")
 def _matmul(node: Node, ctx: LowerContext) -> Step:
     a = ctx.operand(node.inputs[0])
     b = ctx.operand(node.inputs[1])
     out = ctx.array(node.outputs[0])
+    b_name = node.inputs[1]
+    if ctx.const(b_name) is not None and b.ndim == 2 and a.ndim >= 2 and _is_f32(a, b, out):
+        packed = ctx.shared(("packed_b", b_name), lambda: pack_b(b))
+        return lambda: gemm(a, packed, out)
+    if a.ndim >= 2 and b.ndim >= 2 and _is_f32(a, b, out):
+        return lambda: simd_matmul(a, b, out)
     return lambda: matmul(a, b, out)
 
 
 @lowers("Gemm")
 def _gemm(node: Node, ctx: LowerContext) -> Step:
+    """Y = alpha * A' @ B' + beta * C; a constant B is transposed and scaled once, at load."""
     alpha = float(node.attrs.get("alpha", 1.0))
     beta = float(node.attrs.get("beta", 1.0))
+    trans_a, trans_b = bool(node.attrs.get("transA", 0)), bool(node.attrs.get("transB", 0))
     a = ctx.operand(node.inputs[0])
-    if node.attrs.get("transA", 0):
-        a = np.ascontiguousarray(a.T) if ctx.const(node.inputs[0]) is not None else a.T
+    a = a.T if trans_a else a
     b_name = node.inputs[1]
     b_const = ctx.const(b_name)
-    trans_b = bool(node.attrs.get("transB", 0))
     if b_const is not None:
         b = ctx.shared(("gemm_b", b_name, trans_b, alpha), lambda: np.ascontiguousarray(
             (b_const.T if trans_b else b_const) * np.asarray(alpha, b_const.dtype)))
+        alpha = 1.0
     else:
         b = ctx.array(b_name).T if trans_b else ctx.array(b_name)
-        if alpha != 1.0:
-            raise UnsupportedOperatorError(node.op_type, node.domain, node.name,
-                                           "alpha != 1 with a run-time B input")
     out = ctx.array(node.outputs[0])
-    steps = [lambda: matmul(a, b, out)]
-    if len(node.inputs) > 2 and node.inputs[2]:
-        c_name = node.inputs[2]
-        c_const = ctx.const(c_name)
-        if c_const is not None and beta != 1.0:
-            scaled = f"{c_name}__beta"
-            ctx.graph.initializers[scaled] = (c_const * np.asarray(beta, c_const.dtype)).astype(c_const.dtype)
-            c_name = scaled
-        elif beta != 1.0:
-            raise UnsupportedOperatorError(node.op_type, node.domain, node.name,
-                                           "beta != 1 with a run-time C input")
-        add = Node("Add", [node.outputs[0], c_name], [node.outputs[0]], {}, "", node.name + "/bias")
-        steps.append(lower_elementwise(add, ctx))
+    a_c = np.ascontiguousarray(a) if a.flags.c_contiguous or ctx.const(node.inputs[0]) is not None else None
+
+    def product() -> None:
+        matmul(a_c if a_c is not None else np.ascontiguousarray(a), b, out)
+
+    steps = [product]
+    has_c = len(node.inputs) > 2 and bool(node.inputs[2])
+    if has_c or alpha != 1.0:
+        inputs = [node.outputs[0]] + ([node.inputs[2]] if has_c else [])
+        epilogue = Node("Gemm", inputs, [node.outputs[0]], {"alpha": alpha, "beta": beta}, "",
+                        node.name + "/epilogue")
+        steps.append(lower_elementwise(epilogue, ctx, _gemm_epilogue))
     return sequence(steps)
+
+
+def _gemm_epilogue(node: Node, x: list[str], dtypes, out) -> str:
+    alpha, beta = node.attrs["alpha"], node.attrs["beta"]
+    expr = x[0] if alpha == 1.0 else f"({x[0]} * {alpha!r})"
+    if len(x) > 1:
+        expr = f"({expr} + {x[1]})" if beta == 1.0 else f"({expr} + {x[1]} * {beta!r})"
+    return expr
 
 
 @lowers("Softmax", "LogSoftmax")
@@ -125,7 +142,5 @@ def _reduce(node: Node, ctx: LowerContext) -> Step:
         from sparsejit.plan.ops_tensor import copy_step
 
         return copy_step(x, out)
-    if x.size == 0:
-        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "reduction of an empty tensor")
     kind = _REDUCE_KIND[node.op_type]
     return lambda: rk.reduce(x, axes, kind, out)
