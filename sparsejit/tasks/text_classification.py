@@ -85,7 +85,8 @@ class TextClassificationPipeline(Pipeline):
             if name == "default":
                 name = None
             elif name not in FUNCTIONS:
-                raise InvalidInputError(f"function_to_apply must be one of {FUNCTIONS}, got {function_to_apply!r}")
+                raise InvalidInputError(f"function_to_apply must be one of {FUNCTIONS}, "
+                                        f"got {function_to_apply!r}")
             post["function_to_apply"] = name
         return {}, {}, post
 
