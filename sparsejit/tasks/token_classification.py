@@ -160,7 +160,7 @@ class TokenClassificationPipeline(Pipeline):
         split = kwargs.get("is_split_into_words", self._params[0].get("is_split_into_words", False))
         if split:
             if isinstance(inputs, list) and inputs and all(isinstance(w, str) for w in inputs):
-                return [inputs], True, kwargs
+                return [inputs], False, kwargs  # transformers returns [[...]] for one word list
             if isinstance(inputs, list) and all(isinstance(s, list) for s in inputs):
                 return list(inputs), False, kwargs
             raise InvalidInputError("with is_split_into_words=True give a list of words or a list of them")
