@@ -308,9 +308,15 @@ class QuestionAnsweringPipeline(Pipeline):
 
     def window_tokenizer(self, doc_stride: int) -> Tokenizer:
         """A copy of the tokenizer that truncates the context to the largest bucket with this stride."""
+        limit = self.max_length - self.tokenizer.num_special_tokens_to_add(True)
+        if doc_stride >= limit:
+            raise InvalidInputError(f"doc_stride={doc_stride} must be smaller than {limit} (the window "
+                                    f"length {self.max_length} less the special tokens)")
         with self._lock:
             tok = self._window_tokenizers.get(doc_stride)
             if tok is None:
+                if len(self._window_tokenizers) >= 8:  # bound the cache of per-stride copies
+                    self._window_tokenizers.pop(next(iter(self._window_tokenizers)))
                 tok = Tokenizer.from_str(self.tokenizer.to_str())
                 tok.no_padding()
                 tok.enable_truncation(self.max_length, stride=doc_stride, strategy="only_second")
