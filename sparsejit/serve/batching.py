@@ -1,0 +1,224 @@
+"""Dynamic batching: concurrent requests to one endpoint are gathered into engine batches.
+
+Each endpoint has a bounded asyncio queue and one collector task. The collector takes the first waiting
+request, then keeps taking requests until their inputs fill the engine's batch size or ``max_wait`` has
+passed since the first one arrived, and hands the batch to the endpoint's single worker thread (the event
+loop never runs inference). Requests in a batch with the same task options are merged into one pipeline
+call, so their rows share engine batches; the results are split back per request.
+
+A request whose inputs are unusable must not fail its neighbours: when a merged call raises, each of its
+requests is run again alone and only the offending one gets the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from sparsejit.serve.metrics import Metrics
+
+__all__ = ["DynamicBatcher", "PipelineRunner", "QueueFullError", "RequestTimeoutError"]
+
+logger = logging.getLogger("sparsejit.serve")
+
+
+class QueueFullError(Exception):
+    """The endpoint's queue is full: answer 503 with Retry-After."""
+
+
+class RequestTimeoutError(Exception):
+    """The request did not finish within the per-request timeout: answer 504."""
+
+
+@dataclass
+class Job:
+    """One request waiting in the queue: parsed items, task options, and the future for its answer."""
+
+    request: BaseModel
+    items: list[Any]
+    single: bool
+    options: dict[str, Any]
+    future: asyncio.Future
+    key: str = ""
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.key = json.dumps(self.options, sort_keys=True, default=repr)
+
+
+class PipelineRunner:
+    """Runs groups of requests through a task pipeline's ``preprocess -> forward -> postprocess``."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+
+    def parse(self, request: BaseModel) -> tuple[list[Any], bool, dict[str, Any]]:
+        """Split a request into (items, single, options) the way ``Pipeline.__call__`` does."""
+        kwargs = request.model_dump(exclude_unset=True)
+        items, single, options = self.pipeline._parse_inputs(None, kwargs)
+        self.pipeline._call_params(options)  # unknown or invalid options fail here, before queueing
+        return list(items), single, options
+
+    def run_group(self, jobs: Sequence[Job]) -> list[BaseModel]:
+        """Answers for ``jobs`` (all with the same options), computed in one pipeline call."""
+        from sparsejit.tasks.base import to_jsonable
+
+        pipe = self.pipeline
+        if any(not job.items for job in jobs):
+            return [pipe.run(job.request) for job in jobs]
+        pre, fwd, post = pipe._call_params(jobs[0].options)
+        items = [item for job in jobs for item in job.items]
+        encoded = pipe.preprocess(items, **pre)
+        outputs = pipe.forward(encoded, **fwd)
+        results = [pipe.postprocess(enc, out, **post) for enc, out in zip(encoded, outputs, strict=True)]
+        answers, start = [], 0
+        for job in jobs:
+            mine = results[start:start + len(job.items)]
+            start += len(job.items)
+            formatted = to_jsonable(pipe._format_results(mine, job.single))
+            answers.append(pipe.output_schema.model_validate(formatted))
+        return answers
+
+
+class DynamicBatcher:
+    """Queue + collector + worker thread of one endpoint."""
+
+    def __init__(self, name: str, runner: PipelineRunner, *, batch_size: int, max_wait_s: float,
+                 max_queue: int, metrics: Metrics, enabled: bool = True) -> None:
+        self.name = name
+        self.runner = runner
+        self.batch_size = max(1, batch_size)
+        self.max_wait_s = max_wait_s
+        self.enabled = enabled
+        self.metrics = metrics
+        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=max_queue)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sparsejit-{name}")
+        self._collector: asyncio.Task | None = None
+        self._busy = 0
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._collector is None:
+            loop = asyncio.get_running_loop()
+            self._collector = loop.create_task(self._collect(), name=f"batcher-{self.name}")
+
+    async def stop(self, timeout_s: float) -> None:
+        """Finish what is queued and running (up to ``timeout_s``), then stop the worker."""
+        deadline = time.monotonic() + timeout_s
+        while (not self.queue.empty() or self._busy) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._collector is not None:
+            self._collector.cancel()
+            try:
+                await self._collector
+            except asyncio.CancelledError:
+                pass
+            self._collector = None
+        while not self.queue.empty():  # past the deadline: tell the waiting requests
+            job = self.queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(QueueFullError("server is shutting down"))
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    # ---- requests ---------------------------------------------------------------------------------
+    async def submit(self, request: BaseModel, timeout_s: float) -> BaseModel:
+        """Queue ``request`` and wait for its answer. Raises the pipeline's error for bad inputs,
+        :class:`QueueFullError` when the queue is full, :class:`RequestTimeoutError` past the deadline."""
+        items, single, options = self.runner.parse(request)
+        future = asyncio.get_running_loop().create_future()
+        job = Job(request, items, single, options, future)
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.metrics.inc("rejected_total", endpoint=self.name)
+            raise QueueFullError(f"endpoint {self.name!r} has {self.queue.maxsize} requests waiting; "
+                                 "retry later") from None
+        self.metrics.set("queue_depth", self.queue.qsize(), endpoint=self.name)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            future.cancel()  # the worker skips it if it has not started
+            raise RequestTimeoutError(f"request did not finish within {timeout_s:g} s") from None
+
+    # ---- collector --------------------------------------------------------------------------------
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            items = len(batch[0].items)
+            if self.enabled:
+                deadline = batch[0].enqueued + self.max_wait_s
+                while items < self.batch_size:
+                    try:
+                        job = self.queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        remaining = deadline - time.perf_counter()
+                        if remaining <= 0:
+                            break
+                        try:
+                            job = await asyncio.wait_for(self.queue.get(), remaining)
+                        except TimeoutError:
+                            break
+                    batch.append(job)
+                    items += len(job.items)
+            self.metrics.set("queue_depth", self.queue.qsize(), endpoint=self.name)
+            batch = [job for job in batch if not job.future.done()]  # timed out while waiting
+            if not batch:
+                continue
+            self._busy += 1
+            self.metrics.set("inflight_requests", len(batch), endpoint=self.name)
+            try:
+                outcomes = await loop.run_in_executor(self.executor, self._run_batch, batch)
+            except Exception as exc:  # the executor itself failed (e.g. shut down)
+                outcomes = [exc] * len(batch)
+            finally:
+                self._busy -= 1
+                self.metrics.set("inflight_requests", 0, endpoint=self.name)
+            for job, outcome in zip(batch, outcomes, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
+
+    # ---- worker thread ----------------------------------------------------------------------------
+    def _run_batch(self, batch: list[Job]) -> list[BaseModel | Exception]:
+        """Runs in the worker thread: one pipeline call per group of equal options."""
+        start = time.perf_counter()
+        self.metrics.observe("batch_size", len(batch), endpoint=self.name)
+        self.metrics.observe("batch_items", sum(len(j.items) for j in batch), endpoint=self.name)
+        groups: dict[str, list[int]] = {}
+        for i, job in enumerate(batch):
+            groups.setdefault(job.key, []).append(i)
+        outcomes: list[BaseModel | Exception] = [RuntimeError("not run")] * len(batch)
+        for indices in groups.values():
+            jobs = [batch[i] for i in indices]
+            for i, outcome in zip(indices, self._run_group(jobs), strict=True):
+                outcomes[i] = outcome
+        self.metrics.observe("inference_seconds", time.perf_counter() - start, endpoint=self.name)
+        return outcomes
+
+    def _run_group(self, jobs: list[Job]) -> list[BaseModel | Exception]:
+        try:
+            return list(self.runner.run_group(jobs))
+        except Exception as exc:
+            if len(jobs) == 1:
+                return [exc]
+        return [self._run_alone(job) for job in jobs]  # isolate the request(s) that failed
+
+    def _run_alone(self, job: Job) -> BaseModel | Exception:
+        try:
+            return self.runner.run_group([job])[0]
+        except Exception as exc:
+            return exc
+
+

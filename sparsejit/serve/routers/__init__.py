@@ -1,0 +1,1 @@
+"""Routers per concern: health, models, metrics, inference."""
