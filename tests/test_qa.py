@@ -252,3 +252,49 @@ def test_bad_inputs_raise_typed_errors(pipe128: QuestionAnsweringPipeline) -> No
             call()
     # a long question is cut to max_question_length tokens instead
     assert pipe128(question="why " * 200, context=c)["answer"]
+
+
+
+def _record_batches(pipeline: QuestionAnsweringPipeline, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """Make ``pipeline`` log the row lengths of every engine batch it runs."""
+    calls: list[list[int]] = []
+    run_batch = pipeline.run_batch
+
+    def recording(rows: Any) -> dict[str, np.ndarray]:
+        calls.append([len(r["input_ids"]) for r in rows])
+        return run_batch(rows)
+
+    monkeypatch.setattr(pipeline, "run_batch", recording)
+    return calls
+
+
+def test_windows_batched_per_bucket(pipe: QuestionAnsweringPipeline, pipe128: QuestionAnsweringPipeline,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows of all questions share batches of at most batch_size rows, a batch never mixes buckets,
+    and the results do not depend on how windows were grouped."""
+    cases = _long_cases()
+    short_q = "What is Southern California often abbreviated as?"
+    short_c = "Southern California, often abbreviated SoCal, is a geographic and cultural region."
+    questions = [short_q, *(c["question"] for c in cases), short_q]
+    contexts = [short_c, *(c["context"] for c in cases), short_c + " It has 10 counties."]
+    pairs = list(zip(questions, contexts, strict=True))
+
+    calls = _record_batches(pipe128, monkeypatch)
+    batched = pipe128(question=questions, context=contexts, doc_stride=32)
+    windows = sum(len(e.rows) for e in pipe128.preprocess(pairs, doc_stride=32))
+    assert sum(map(len, calls)) == windows > len(pairs)
+    assert all(len(c) <= pipe128.batch_size for c in calls)
+    assert len(calls) == -(-windows // pipe128.batch_size)  # one bucket: every batch but the last full
+    one_by_one = [pipe128(question=q, context=c, doc_stride=32) for q, c in pairs]
+    for a, b in zip(batched, one_by_one, strict=True):
+        assert (a["answer"], a["start"], a["end"]) == (b["answer"], b["start"], b["end"])
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+    calls = _record_batches(pipe, monkeypatch)
+    pipe(question=questions, context=contexts)
+
+    def bucket(n: int) -> int:
+        return next(b for b in pipe.sequence_lengths if b >= n)
+
+    assert len({bucket(n) for c in calls for n in c}) > 1
+    assert all(len({bucket(n) for n in c}) == 1 and len(c) <= pipe.batch_size for c in calls)
