@@ -97,8 +97,23 @@ _RUN_PARAMS = {"log": lambda *a: None, "opsets": {}, "verbose": 0, "new_ops": No
                "existing_functions": {}, "evaluator_cls": None}
 
 
+def _gather_elements(node: Node, arrays: list[np.ndarray | None]) -> list[np.ndarray]:
+    data, index = arrays[0], arrays[1]
+    axis = node.attrs.get("axis", 0) % data.ndim
+    index = np.where(index < 0, index + data.shape[axis], index)
+    return [np.take_along_axis(data, index, axis=axis)]
+
+
+# ai.onnx ops whose `onnx.reference` implementation fails on shapes real exports produce.
+EVAL_OVERRIDES: dict[str, Callable[[Node, list[np.ndarray | None]], list[np.ndarray]]] = {
+    "GatherElements": _gather_elements,  # np.choose-based: breaks beyond 64 rows
+}
+
+
 def evaluate(node: Node, opset: int, arrays: list[np.ndarray | None]) -> list[np.ndarray]:
     """Evaluate `node` on constant inputs with the ONNX reference implementation."""
+    if not node.domain and node.op_type in EVAL_OVERRIDES:
+        return EVAL_OVERRIDES[node.op_type](node, arrays)
     custom = CUSTOM_OPS.get((node.domain, node.op_type))
     if custom is not None:
         if custom.evaluate is None:

@@ -29,7 +29,7 @@ def _matmul(node: Node, ctx: LowerContext) -> Step:
     if ctx.const(b_name) is not None and b.ndim == 2 and a.ndim >= 2 and _is_f32(a, b, out):
         packed = ctx.shared(("packed_b", b_name), lambda: pack_b(b))
         return lambda: gemm(a, packed, out)
-    if a.ndim >= 2 and b.ndim >= 2 and _is_f32(a, b, out):
+    if a.ndim >= 2 and b.ndim == a.ndim and a.shape[:-2] == b.shape[:-2] and _is_f32(a, b, out):
         return lambda: simd_matmul(a, b, out)
     return lambda: matmul(a, b, out)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -38,7 +39,9 @@ class Plan:
             arrays[name] = arrays[source].reshape(info[name].shape)
         self.inputs = {v.name: arrays[v.name] for v in graph.inputs}
         ctx = LowerContext(graph, arrays, weight_cache)
-        self.steps = [step for node in graph.nodes if (step := lower(node, ctx)) is not None]
+        lowered = [(node, lower(node, ctx)) for node in graph.nodes]
+        self.steps = [step for _, step in lowered if step is not None]
+        self.step_nodes = [node for node, step in lowered if step is not None]
         self.outputs = {v.name: arrays[v.name] if v.name in arrays else graph.initializers[v.name]
                         for v in graph.outputs}
         self.lock = threading.Lock()
@@ -47,3 +50,16 @@ class Plan:
     def run(self) -> None:
         for step in self.steps:
             step()
+
+    def profile(self, repeats: int = 10) -> dict[str, float]:
+        """Median seconds per run spent in each op type (for finding what to optimise)."""
+        samples: dict[str, list[float]] = {}
+        for _ in range(repeats):
+            totals: dict[str, float] = {}
+            for node, step in zip(self.step_nodes, self.steps, strict=True):
+                start = time.perf_counter()
+                step()
+                totals[node.op_type] = totals.get(node.op_type, 0.0) + time.perf_counter() - start
+            for op, t in totals.items():
+                samples.setdefault(op, []).append(t)
+        return dict(sorted(((op, float(np.median(t))) for op, t in samples.items()), key=lambda kv: -kv[1]))

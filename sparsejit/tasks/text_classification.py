@@ -98,7 +98,7 @@ class TextClassificationPipeline(Pipeline):
         if inputs is None:
             raise InvalidInputError("no inputs: call pipeline(text), pipeline([texts]) or "
                                     "pipeline({'text': ..., 'text_pair': ...})")
-        single = isinstance(inputs, (str, dict))
+        single: bool | str = "text" if isinstance(inputs, str) else isinstance(inputs, dict)
         items = [inputs] if single else list(inputs)
         parsed: list[str | tuple[str, str]] = []
         for item in items:
@@ -115,7 +115,7 @@ class TextClassificationPipeline(Pipeline):
         return parsed, single, kwargs
 
     def _format_results(self, results: list[Any], single: bool) -> Any:
-        if single and not isinstance(results[0], list):
+        if single == "text" and not isinstance(results[0], list):
             return results  # transformers returns [ {label, score} ] for a single text without top_k
         return results[0] if single else results
 
