@@ -372,7 +372,8 @@ def suggest_buckets(texts: Iterable[str | tuple[str, str]], tokenizer_or_pipelin
                     max_length: int | None = None) -> list[int]:
     """Suggest sequence-length buckets from the token lengths of a sample of user texts.
 
-    Each quantile of the lengths (special tokens included) is rounded up to a multiple of ``multiple``
+    Each quantile of the lengths (special tokens included; the smallest observed length with at least
+    that fraction of texts at or below it) is rounded up to a multiple of ``multiple``
     and capped at ``max_length`` (default: the pipeline's model maximum, else 512); duplicates dropped.
     ``tokenizer_or_pipeline``: a :class:`Pipeline`, a ``tokenizers.Tokenizer``, or a path to a
     tokenizer.json / model directory.
@@ -400,6 +401,6 @@ def suggest_buckets(texts: Iterable[str | tuple[str, str]], tokenizer_or_pipelin
     lengths = np.array([len(e.ids) for e in tok.encode_batch(texts)])
     buckets = set()
     for q in sorted(quantiles):
-        n = int(np.ceil(np.quantile(lengths, q)))
+        n = int(np.quantile(lengths, q, method="inverted_cdf"))  # an observed length
         buckets.add(min(cap, max(multiple, -(-n // multiple) * multiple)))
     return sorted(buckets)
