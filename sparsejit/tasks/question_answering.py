@@ -33,7 +33,8 @@ from sparsejit.errors import InvalidInputError, ModelLoadError
 from sparsejit.tasks.base import Encoded, Pipeline
 
 __all__ = ["Answer", "QuestionAnsweringInput", "QuestionAnsweringOutput", "QuestionAnsweringPipeline",
-           "answers_for_example", "make_windows"]
+           "answers_for_example", "make_windows",
+           "truncate_questions"]
 
 #: logit given to tokens that can never be part of an answer (as in `transformers`).
 _MASKED = -10000.0
@@ -61,15 +62,23 @@ class Span:
 # ---------------------------------------------------------------------------------------- tokenising
 
 
-def truncate_question(tokenizer: Tokenizer, question: str, max_question_length: int) -> str:
-    """``question`` cut after its first ``max_question_length`` tokens (whole text if it is short enough).
+def truncate_questions(tokenizer: Tokenizer, questions: Sequence[str],
+                       max_question_length: int) -> tuple[list[str], list[int]]:
+    """Questions cut after their first ``max_question_length`` tokens, and their token counts.
 
     ``tokenizer`` must have truncation and padding disabled.
     """
-    enc = tokenizer.encode(question, add_special_tokens=False)
-    if len(enc.ids) <= max_question_length:
-        return question
-    return question[: enc.offsets[max_question_length - 1][1]]
+    texts, lengths = [], []
+    for question, enc in zip(questions, tokenizer.encode_batch(list(questions), add_special_tokens=False),
+                             strict=True):
+        n = len(enc.ids)
+        if n > max_question_length:
+            question = question[: enc.offsets[max_question_length - 1][1]]
+            # re-count: a cut inside a word may tokenize differently
+            n = len(tokenizer.encode(question, add_special_tokens=False).ids)
+        texts.append(question)
+        lengths.append(n)
+    return texts, lengths
 
 
 def make_windows(window_tokenizer: Tokenizer, plain_tokenizer: Tokenizer, questions: Sequence[str],
@@ -80,8 +89,7 @@ def make_windows(window_tokenizer: Tokenizer, plain_tokenizer: Tokenizer, questi
     ``window_tokenizer`` must be set to truncate ``only_second`` at ``max_seq_len`` with stride
     ``doc_stride`` and not to pad; ``plain_tokenizer`` must neither truncate nor pad.
     """
-    questions = [truncate_question(plain_tokenizer, q, max_question_length) for q in questions]
-    q_lens = [len(e.ids) for e in plain_tokenizer.encode_batch(list(questions), add_special_tokens=False)]
+    questions, q_lens = truncate_questions(plain_tokenizer, questions, max_question_length)
     c_lens = [len(e.ids) for e in plain_tokenizer.encode_batch(list(contexts), add_special_tokens=False)]
     added = plain_tokenizer.num_special_tokens_to_add(True)
     for i, (q_len, c_len) in enumerate(zip(q_lens, c_lens, strict=True)):
