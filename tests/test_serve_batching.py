@@ -1,0 +1,168 @@
+"""DynamicBatcher on its own (a fake runner, no model): gathering, max wait, isolation of bad requests,
+full queue, per-request timeout, draining on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, RootModel
+
+from sparsejit.errors import InvalidInputError
+from sparsejit.serve.batching import DynamicBatcher, QueueFullError, RequestTimeoutError
+from sparsejit.serve.metrics import Metrics
+
+
+class Request(BaseModel):
+    inputs: list[int]
+    scale: int = 1
+
+
+class Answer(RootModel[list[int]]):
+    pass
+
+
+class FakeRunner:
+    """Doubles each input (times ``scale``); an input < 0 is unusable; records every group it runs."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.groups: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def parse(self, request: Request) -> tuple[list[Any], bool, dict[str, Any]]:
+        return list(request.inputs), False, {"scale": request.scale}
+
+    def run_group(self, jobs: list[Any]) -> list[Answer]:
+        self.gate.wait(10)
+        time.sleep(self.delay_s)
+        items = [x for job in jobs for x in job.items]
+        self.groups.append(items)
+        if any(x < 0 for x in items):
+            raise InvalidInputError("negative input")
+        return [Answer([x * 2 * job.options["scale"] for x in job.items]) for job in jobs]
+
+
+def make(runner: FakeRunner, **kwargs: Any) -> DynamicBatcher:
+    options = {"batch_size": 8, "max_wait_s": 0.05, "max_queue": 64, "metrics": Metrics()} | kwargs
+    return DynamicBatcher("fake", runner, **options)
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_answers() -> None:
+    runner = FakeRunner(delay_s=0.02)
+
+    async def main() -> list[Any]:
+        batcher = make(runner)
+        batcher.start()
+        answers = await asyncio.gather(*(batcher.submit(Request(inputs=[i, i + 100]), 5) for i in range(16)))
+        await batcher.stop(5)
+        return answers
+
+    answers = asyncio.run(main())
+    assert [a.root for a in answers] == [[2 * i, 2 * (i + 100)] for i in range(16)]
+    assert max(len(g) for g in runner.groups) == 8  # 4 requests of 2 items fill a batch of 8
+    assert len(runner.groups) == 4
+
+
+def test_different_options_run_as_separate_groups() -> None:
+    runner = FakeRunner()
+
+    async def main() -> list[Any]:
+        batcher = make(runner)
+        batcher.start()
+        answers = await asyncio.gather(batcher.submit(Request(inputs=[1]), 5),
+                                       batcher.submit(Request(inputs=[1], scale=10), 5))
+        await batcher.stop(5)
+        return answers
+
+    assert [a.root for a in asyncio.run(main())] == [[2], [20]]
+    assert sorted(runner.groups) == [[1], [1]]
+
+
+def test_bad_request_fails_alone() -> None:
+    runner = FakeRunner()
+
+    async def main() -> list[Any]:
+        batcher = make(runner)
+        batcher.start()
+        results = await asyncio.gather(batcher.submit(Request(inputs=[1]), 5),
+                                       batcher.submit(Request(inputs=[-1]), 5),
+                                       batcher.submit(Request(inputs=[3]), 5), return_exceptions=True)
+        await batcher.stop(5)
+        return results
+
+    ok1, bad, ok3 = asyncio.run(main())
+    assert ok1.root == [2] and ok3.root == [6]
+    assert isinstance(bad, InvalidInputError)
+
+
+def test_max_wait_bounds_the_wait_for_a_lonely_request() -> None:
+    runner = FakeRunner()
+
+    async def main() -> float:
+        batcher = make(runner, max_wait_s=0.2)
+        batcher.start()
+        t0 = time.perf_counter()
+        await batcher.submit(Request(inputs=[1]), 5)
+        elapsed = time.perf_counter() - t0
+        await batcher.stop(5)
+        return elapsed
+
+    assert 0.15 < asyncio.run(main()) < 2.0
+
+
+def test_disabled_batching_runs_one_request_at_a_time() -> None:
+    runner = FakeRunner(delay_s=0.01)
+
+    async def main() -> None:
+        batcher = make(runner, enabled=False)
+        batcher.start()
+        await asyncio.gather(*(batcher.submit(Request(inputs=[i]), 5) for i in range(6)))
+        await batcher.stop(5)
+
+    asyncio.run(main())
+    assert sorted(runner.groups) == [[i] for i in range(6)]
+
+
+def test_full_queue_and_timeout() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()  # the worker blocks until released
+
+    async def main() -> tuple[Any, ...]:
+        batcher = make(runner, batch_size=1, max_queue=2, max_wait_s=0)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(Request(inputs=[1]), 5))
+        await asyncio.sleep(0.05)  # the collector took it; the worker is blocked
+        queued = [asyncio.ensure_future(batcher.submit(Request(inputs=[i]), 0.2)) for i in (2, 3)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError):
+            await batcher.submit(Request(inputs=[4]), 5)
+        timed_out = await asyncio.gather(*queued, return_exceptions=True)
+        runner.gate.set()
+        result = await first
+        await batcher.stop(5)
+        return result, timed_out, batcher.metrics
+
+    result, timed_out, metrics = asyncio.run(main())
+    assert result.root == [2]
+    assert all(isinstance(t, RequestTimeoutError) for t in timed_out)
+    assert metrics.counter("rejected_total", endpoint="fake") == 1
+    assert [1] in runner.groups and [2] not in runner.groups  # timed-out requests were never run
+
+
+def test_stop_finishes_queued_requests() -> None:
+    runner = FakeRunner(delay_s=0.05)
+
+    async def main() -> list[Any]:
+        batcher = make(runner, batch_size=1)
+        batcher.start()
+        futures = [asyncio.ensure_future(batcher.submit(Request(inputs=[i]), 5)) for i in range(4)]
+        await asyncio.sleep(0.01)
+        await batcher.stop(5)
+        return await asyncio.gather(*futures)
+
+    assert [a.root for a in asyncio.run(main())] == [[0], [2], [4], [6]]
