@@ -22,7 +22,9 @@ RANDOM_CASES = [
     pytest.param(arch, exporter, "base", marks=[pytest.mark.slow] if arch == "bert-base" else [])
     for arch in zoo.ARCHS
     for exporter in zoo.EXPORTERS
-] + [(arch, exporter, head) for head in zoo.HEADS[1:] for arch in SMALL_ARCHS for exporter in zoo.EXPORTERS]
+] + [("distilbert", "torchscript", head) for head in zoo.HEADS[1:]] + [
+    ("distilbert", "dynamo", "question_answering")  # the dynamo QA head needed a Split repair
+]  # other arch x head pairs add export time, not coverage: the heads are the same few ops
 
 
 def _session(model_dir):

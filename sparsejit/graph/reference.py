@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import onnx
@@ -44,7 +44,7 @@ def _to_node_proto(node: Node) -> onnx.NodeProto:
                             **attrs)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _schema(op_type: str, domain: str, opset: int) -> onnx.defs.OpSchema:
     return onnx.defs.get_schema(op_type, opset, domain)
 

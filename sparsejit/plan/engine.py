@@ -13,6 +13,7 @@ from sparsejit.errors import (
     SequenceTooLongError,
     ShapeError,
 )
+from sparsejit.graph.fusion import optimise
 from sparsejit.graph.ir import Graph, Value
 from sparsejit.graph.onnx_import import ModelSource, load_onnx
 from sparsejit.graph.specialise import fold_constants, specialise
@@ -40,8 +41,9 @@ class Engine:
     def __init__(self, model: ModelSource, batch_size: int | None = None,
                  sequence_length: int | Sequence[int] | None = None, num_threads: int | None = None,
                  input_shapes: Mapping[str, Sequence[int]] | None = None,
-                 pad_values: Mapping[str, int | float] | None = None) -> None:
+                 pad_values: Mapping[str, int | float] | None = None, optimize: bool = True) -> None:
         graph = load_onnx(model)
+        self.optimize = optimize
         self._graph = fold_constants(graph)
         self.num_threads = num_threads
         self.input_names = graph.input_names
@@ -62,13 +64,19 @@ class Engine:
             if missing:
                 raise ShapeError(f"input_shapes lacks {sorted(missing)}")
             bucket = Bucket(0, None)
-            self._plans[bucket] = Plan(specialise(self._graph, shapes), self._weight_cache)
+            self._plans[bucket] = self._make_plan(shapes)
         else:
             self._input_roles = _input_roles(graph.inputs)
             for bucket in _buckets(graph.inputs, self._input_roles, batch_size, sequence_length):
                 shapes = self._bucket_shapes(bucket)
-                self._plans[bucket] = Plan(specialise(self._graph, shapes), self._weight_cache)
+                self._plans[bucket] = self._make_plan(shapes)
         self._output_roles = self._find_output_roles(graph)
+
+    def _make_plan(self, shapes: dict[str, tuple[int, ...]]) -> Plan:
+        graph = specialise(self._graph, shapes)
+        if self.optimize:
+            graph = optimise(graph)
+        return Plan(graph, self._weight_cache)
 
     # ---- description -------------------------------------------------------------------------
     @property
@@ -310,11 +318,12 @@ def _buckets(inputs: list[Value], roles, batch_size, sequence_length) -> list[Bu
 def compile(model: ModelSource, batch_size: int | None = None,
             sequence_length: int | Sequence[int] | None = None, num_threads: int | None = None,
             input_shapes: Mapping[str, Sequence[int]] | None = None,
-            pad_values: Mapping[str, int | float] | None = None) -> Engine:
+            pad_values: Mapping[str, int | float] | None = None, optimize: bool = True) -> Engine:
     """Compile an ONNX model (path, bytes or ModelProto) into an `Engine`.
 
     `sequence_length` may be a list: one plan is compiled per length, all sharing one copy of the
     weights, and each call runs in the smallest bucket that fits. `input_shapes` instead fixes every
-    input's shape exactly (for models that are not batch × sequence shaped).
+    input's shape exactly (for models that are not batch × sequence shaped). `optimize=False`
+    skips the fusion passes (one kernel per ONNX node; for debugging).
     """
-    return Engine(model, batch_size, sequence_length, num_threads, input_shapes, pad_values)
+    return Engine(model, batch_size, sequence_length, num_threads, input_shapes, pad_values, optimize)

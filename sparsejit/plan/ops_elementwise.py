@@ -62,7 +62,8 @@ def _mean(node, x, dts, out):
 def _cast(node, x, dts, out):
     if out == np.bool_:
         return f"({x[0]} != 0)"
-    return x[0]
+    ctor = _NP_SCALAR.get(np.dtype(out))
+    return f"{ctor}({x[0]})" if ctor else x[0]
 
 
 def _clip(node, x, dts, out):
@@ -154,40 +155,65 @@ def scalar_literal(value: np.ndarray) -> str | None:
     return f"{ctor}({item!r})"
 
 
-def lower_elementwise(node: Node, ctx: LowerContext, expr_fn: Expr | None = None) -> Step:
-    """Lower an elementwise node (or any node given its expression builder `expr_fn`)."""
-    expr_fn = expr_fn or ELEMENTWISE[node.op_type]
-    out_name = node.outputs[0]
-    out = ctx.array(out_name)
-    out_dtype = ctx.dtype(out_name)
-    operands: list[str] = []
-    runtime: list[np.ndarray] = []
-    dtypes: list[np.dtype] = []
-    inputs = node.inputs[:1] if node.op_type == "CastLike" else node.inputs
-    for name in inputs:
-        if not name:
-            operands.append("")
-            dtypes.append(np.dtype(np.float32))
+def _operands(names: list[str], ctx: LowerContext, out: np.ndarray,
+              runtime: list[np.ndarray]) -> dict[str, str]:
+    """Operand text for each input name: an inlined scalar literal or `{k}`, the k-th run-time array
+    (appended to `runtime`, broadcast to the output shape)."""
+    text: dict[str, str] = {}
+    for name in names:
+        if not name or name in text:
             continue
         const = ctx.const(name)
         literal = scalar_literal(const) if const is not None else None
-        dtypes.append(ctx.dtype(name) if const is None else const.dtype)
         if literal is not None:
-            operands.append(literal)
+            text[name] = literal
             continue
-        arr = const if const is not None else ctx.array(name)
+        arr = ctx.operand(name)
         if arr.shape != out.shape:
             arr = np.broadcast_to(arr, out.shape)
-        operands.append("{%d}" % len(runtime))
+        text[name] = "{%d}" % len(runtime)
         runtime.append(arr)
-    expr = expr_fn(node, operands, dtypes, out_dtype)
-    if not runtime:  # all operands inlined: still must fill the output
+    return text
+
+
+def node_expression(node: Node, ctx: LowerContext, operand: dict[str, str], expr_fn: Expr | None = None) -> str:
+    """The scalar expression computing `node`'s output from its operands' expressions."""
+    expr_fn = expr_fn or ELEMENTWISE[node.op_type]
+    inputs = node.inputs[:1] if node.op_type == "CastLike" else node.inputs
+    x = [operand[name] if name else "" for name in inputs]
+    dtypes = [ctx.dtype(name) if name in ctx.graph.value_info else np.dtype(np.float32) for name in inputs]
+    return expr_fn(node, x, dtypes, ctx.dtype(node.outputs[0]))
+
+
+def _kernel_step(expr: str, runtime: list[np.ndarray], out: np.ndarray) -> Step:
+    if not runtime:  # every operand inlined: the kernel still needs an array to iterate over
         runtime.append(np.zeros(out.shape, dtype=np.float32))
     views, out_view = as_rank2(runtime, out)
     kernel = elementwise_kernel(expr, len(views), out_view.ndim)
     return lambda: kernel(*views, out_view)
 
 
+def lower_elementwise(node: Node, ctx: LowerContext, expr_fn: Expr | None = None) -> Step:
+    """Lower an elementwise node (or any node given its expression builder `expr_fn`)."""
+    out = ctx.array(node.outputs[0])
+    runtime: list[np.ndarray] = []
+    inputs = node.inputs[:1] if node.op_type == "CastLike" else node.inputs
+    operand = _operands(inputs, ctx, out, runtime)
+    return _kernel_step(node_expression(node, ctx, operand, expr_fn), runtime, out)
+
+
+@lowers("FusedElementwise", domain="sparsejit")
+def lower_fused_elementwise(node: Node, ctx: LowerContext) -> Step:
+    """One generated kernel for a whole chain: inner results are inlined as sub-expressions."""
+    out = ctx.array(node.outputs[0])
+    runtime: list[np.ndarray] = []
+    operand = _operands(node.inputs, ctx, out, runtime)
+    expr = ""
+    for inner in node.attrs["nodes"]:
+        expr = node_expression(inner, ctx, operand)
+        operand[inner.outputs[0]] = f"({expr})"
+    return _kernel_step(expr, runtime, out)
+
+
 for _op in ELEMENTWISE:
     lowers(_op)(lambda node, ctx: lower_elementwise(node, ctx))
-

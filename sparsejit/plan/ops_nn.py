@@ -34,6 +34,20 @@ def _matmul(node: Node, ctx: LowerContext) -> Step:
     return lambda: matmul(a, b, out)
 
 
+@lowers("FusedMatMul", domain="sparsejit")
+def _fused_matmul(node: Node, ctx: LowerContext) -> Step:
+    """out = activation(A @ W + bias) + residual in one GEMM with a fused epilogue."""
+    a = ctx.operand(node.inputs[0])
+    w_name = node.inputs[1]
+    w = ctx.operand(w_name)
+    packed = ctx.shared(("packed_b", w_name), lambda: pack_b(w))
+    bias = ctx.operand(node.inputs[2]) if node.inputs[2] else None
+    residual = ctx.operand(node.inputs[3]) if node.inputs[3] else None
+    activation = node.attrs.get("activation")
+    out = ctx.array(node.outputs[0])
+    return lambda: gemm(a, packed, out, bias=bias, activation=activation, residual=residual)
+
+
 @lowers("Gemm")
 def _gemm(node: Node, ctx: LowerContext) -> Step:
     """Y = alpha * A' @ B' + beta * C; a constant B is transposed and scaled once, at load."""
