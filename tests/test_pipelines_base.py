@@ -43,6 +43,8 @@ def test_registry_classes_and_unknown_task() -> None:
     assert get_pipeline_class("embeddings").__name__ == "EmbeddingExtractionPipeline"
     with pytest.raises(InvalidInputError, match="unknown task"):
         Pipeline.create("translation", "nowhere")
+    with pytest.raises(InvalidInputError, match="no default model"):
+        Pipeline.create("sentiment")
     assert sparsejit.Pipeline is Pipeline
 
 
