@@ -168,6 +168,30 @@ def test_long_context_windows_find_answer_in_late_window(pipe: QuestionAnswering
         assert 0 < w["score"] <= 1
 
 
+# Questions answered over the whole held-out article (~3,750 tokens: ~45 windows of 128 tokens at
+# doc_stride 32); each gold answer occurs exactly once in the article, at a known offset.
+ARTICLE_CASES = ["5705edcd52bb8914006896cd", "5705fec152bb89140068977a", "5706155352bb891400689894"]
+
+
+def test_whole_article_context(pipe128: QuestionAnsweringPipeline) -> None:
+    paragraphs = _load("eval-answerable.json")["data"][0]["paragraphs"]
+    article = "\n\n".join(p["context"] for p in paragraphs)
+    questions, expected = [], []
+    for qid in ARTICLE_CASES:
+        own = next(p for p in paragraphs if any(q["id"] == qid for q in p["qas"]))
+        qa = next(q for q in own["qas"] if q["id"] == qid)
+        gold = qa["answers"][0]
+        assert article.count(gold["text"]) == 1
+        start = article.index(own["context"]) + gold["answer_start"]
+        questions.append(qa["question"])
+        expected.append({"answer": gold["text"], "start": start, "end": start + len(gold["text"])})
+    (encoded,) = pipe128.preprocess([(questions[0], article)], doc_stride=32)
+    assert len(encoded.rows) > 30
+    results = pipe128(question=questions, context=article, doc_stride=32)
+    for result, want in zip(results, expected, strict=True):
+        assert {k: result[k] for k in want} == want
+
+
 def test_windows_overlap_by_doc_stride_and_cover_the_context(pipe128: QuestionAnsweringPipeline) -> None:
     case = _long_cases()[0]
     plain = pipe128.tokenizer.encode(case["context"], add_special_tokens=False)
