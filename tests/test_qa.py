@@ -6,7 +6,8 @@
 * EM / F1 with the official SQuAD normalisation on ``eval-answerable.json``: 38.3 / 49.0;
 * long contexts cut into several 128-token windows (doc_stride 32) whose answer lies in a late window:
   the windowed answer must equal the known gold span at its known character offset and the answer of a
-  run that holds the whole context in one 384-token window;
+  run that holds the whole context in one 384-token window; and questions over the whole held-out
+  article (~3,750 tokens, ~45 windows) must hit their unique gold span;
 * bad inputs raise typed errors.
 
 The reference holds only answer texts (no offsets, no scores): offsets are checked as
