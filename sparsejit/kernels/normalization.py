@@ -7,6 +7,102 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from sparsejit.kernels.simd import (
+    vadd,
+    vbroadcast,
+    vexp,
+    vextract,
+    vfma,
+    vhsum,
+    vload,
+    vmax,
+    vmul,
+    vstore,
+    vsub,
+    vzero,
+)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def softmax_rows_f32(x, out):  # pragma: no cover - compiled
+    """Vectorised softmax of each row of C-contiguous float32 2-D arrays (tails done in scalar)."""
+    rows, n = x.shape
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    body = n - n % 16
+    for r in prange(rows):
+        base = r * n
+        vm = vbroadcast(-np.inf)
+        for j in range(0, body, 16):
+            vm = vmax(vm, vload(xf, base + j))
+        m = _hmax(vm, body > 0)
+        for j in range(body, n):
+            if xf[base + j] > m:
+                m = xf[base + j]
+        vmb = vbroadcast(m)
+        vs = vzero()
+        for j in range(0, body, 16):
+            e = vexp(vsub(vload(xf, base + j), vmb))
+            vstore(of, base + j, e)
+            vs = vadd(vs, e)
+        s = vhsum(vs)
+        for j in range(body, n):
+            e = np.float32(math.exp(xf[base + j] - m))
+            of[base + j] = e
+            s += e
+        inv = np.float32(1.0) / s
+        vinv = vbroadcast(inv)
+        for j in range(0, body, 16):
+            vstore(of, base + j, vmul(vload(of, base + j), vinv))
+        for j in range(body, n):
+            of[base + j] *= inv
+
+
+@njit(inline="always", cache=True)
+def _hmax(v, valid):  # pragma: no cover - compiled
+    if not valid:
+        return np.float32(-np.inf)
+    m = vextract(v, 0)
+    for lane in range(1, 16):
+        e = vextract(v, lane)
+        if e > m:
+            m = e
+    return m
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def layer_norm_rows_f32(x, scale, bias, eps, out):  # pragma: no cover - compiled
+    """Vectorised LayerNorm of each row (float32 data, float32 vector sums, two passes)."""
+    rows, n = x.shape
+    xf = x.reshape(-1)
+    of = out.reshape(-1)
+    body = n - n % 16
+    for r in prange(rows):
+        base = r * n
+        vs = vzero()
+        for j in range(0, body, 16):
+            vs = vadd(vs, vload(xf, base + j))
+        s = np.float64(vhsum(vs))
+        for j in range(body, n):
+            s += xf[base + j]
+        mean = np.float32(s / n)
+        vmean = vbroadcast(mean)
+        vq = vzero()
+        for j in range(0, body, 16):
+            d = vsub(vload(xf, base + j), vmean)
+            vq = vfma(d, d, vq)
+        q = np.float64(vhsum(vq))
+        for j in range(body, n):
+            d = xf[base + j] - mean
+            q += d * d
+        inv = np.float32(1.0 / math.sqrt(q / n + eps))
+        vinv = vbroadcast(inv)
+        for j in range(0, body, 16):
+            y = vmul(vsub(vload(xf, base + j), vmean), vinv)
+            vstore(of, base + j, vfma(y, vload(scale, j), vload(bias, j)))
+        for j in range(body, n):
+            of[base + j] = (xf[base + j] - mean) * inv * scale[j] + bias[j]
+
 
 @njit(parallel=True, cache=True, nogil=True)
 def softmax_rows(x, out):  # pragma: no cover - compiled
@@ -67,6 +163,8 @@ def softmax(x: np.ndarray, out: np.ndarray, axis: int, log: bool = False) -> Non
     xv, ov = np.moveaxis(x, axis, -1), np.moveaxis(out, axis, -1)
     n = x.shape[axis]
     kernel = log_softmax_rows if log else softmax_rows
+    if not log and x.dtype == np.float32 and out.dtype == np.float32:
+        kernel = softmax_rows_f32
     if ov.flags.c_contiguous and xv.flags.c_contiguous:
         kernel(xv.reshape(-1, n), ov.reshape(-1, n))
         return

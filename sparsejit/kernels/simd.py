@@ -35,7 +35,7 @@ __all__ = [
     "vstore", "vstore_a", "vstore_mask",
     "vadd", "vsub", "vmul", "vdiv", "vmax", "vmin", "vfma", "vabs", "vhsum", "vextract", "vblend_lt",
     "vprefetch",
-    "verf", "vtanh",
+    "verf", "vtanh", "vexp", "vfloor", "vpow2i",
     "vizero", "vibroadcast", "viload", "vistore", "viadd", "vdpbusd", "vcvt_i2f",
 ]
 
@@ -407,8 +407,33 @@ def vcvt_i2f(typingctx, v):
     return vec16f(v), codegen
 
 
+@intrinsic
+def vfloor(typingctx, v):
+    """Lane-wise floor."""
+    if not isinstance(v, Vec16f):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call_intrinsic(builder, "llvm.floor.v16f32", _VF, list(args))
+    return vec16f(v), codegen
+
+
+@intrinsic
+def vpow2i(typingctx, v):
+    """2**n for lanes holding integral values n in [-126, 127] (built in the exponent bits)."""
+    if not isinstance(v, Vec16f):
+        return None
+
+    def codegen(context, builder, sig, args):
+        n = builder.fptosi(args[0], _VI)
+        biased = builder.add(n, _splat(builder, ir.Constant(_I32, 127), _VI))
+        bits = builder.shl(biased, _splat(builder, ir.Constant(_I32, 23), _VI))
+        return builder.bitcast(bits, _VF)
+    return vec16f(v), codegen
+
+
 # ----------------------------------------------------------------------------------------------
-# vector math built on the intrinsics (no exp needed)
+# vector math built on the intrinsics
 
 
 @njit(inline="always", cache=True)
@@ -452,3 +477,21 @@ def vtanh(x: Vec16f) -> Vec16f:
     r = vdiv(p, q)
     # tiny |x|: tanh(x) = x to float32 precision (and avoids 0/0 concerns)
     return vblend_lt(vabs(x), vbroadcast(0.0004), x, r)
+
+
+@njit(inline="always", cache=True)
+def vexp(x: Vec16f) -> Vec16f:
+    """exp(x): Cephes expf range reduction and polynomial (relative error ~2e-7); 0 below -87.3."""
+    xc = vmin(vmax(x, vbroadcast(-87.3)), vbroadcast(88.3))
+    fx = vfloor(vfma(xc, vbroadcast(1.44269504088896341), vbroadcast(0.5)))
+    r = vsub(xc, vmul(fx, vbroadcast(0.693359375)))
+    r = vsub(r, vmul(fx, vbroadcast(-2.12194440e-4)))
+    p = vbroadcast(1.9875691500e-4)
+    p = vfma(p, r, vbroadcast(1.3981999507e-3))
+    p = vfma(p, r, vbroadcast(8.3334519073e-3))
+    p = vfma(p, r, vbroadcast(4.1665795894e-2))
+    p = vfma(p, r, vbroadcast(1.6666665459e-1))
+    p = vfma(p, r, vbroadcast(5.0000001201e-1))
+    y = vadd(vfma(vmul(p, r), r, r), vbroadcast(1.0))
+    y = vmul(y, vpow2i(fx))
+    return vblend_lt(x, vbroadcast(-87.3), vzero(), y)

@@ -10,7 +10,7 @@ from sparsejit.kernels import reduce as rk
 from sparsejit.kernels.gemm import gemm, pack_b
 from sparsejit.kernels.gemm import matmul as simd_matmul
 from sparsejit.kernels.matmul import matmul
-from sparsejit.kernels.normalization import layer_norm_rows, softmax
+from sparsejit.kernels.normalization import layer_norm_rows, layer_norm_rows_f32, softmax
 from sparsejit.plan.lowering import LowerContext, Step, lowers
 from sparsejit.plan.ops_elementwise import lower_elementwise
 from sparsejit.plan.ops_tensor import sequence
@@ -128,6 +128,10 @@ def _layer_norm(node: Node, ctx: LowerContext) -> Step:
                             np.broadcast_to(src_bias, x.shape[axis:]).reshape(n), eps, out2)
 
         return run
+    if x.dtype == np.float32 and out2.dtype == np.float32:
+        scale = np.ascontiguousarray(scale, dtype=np.float32)
+        bias = np.ascontiguousarray(bias, dtype=np.float32)
+        return lambda: layer_norm_rows_f32(x2, scale, bias, eps, out2)
     return lambda: layer_norm_rows(x2, scale, bias, eps, out2)
 
 
