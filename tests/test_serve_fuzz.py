@@ -49,20 +49,9 @@ def api_schema(fuzz_server: Any) -> Any:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
-def known_pipeline_bug(case: Any) -> bool:
-    """One text pair (not in a list) to text classification: the pipeline returns a bare {label, score},
-    which its own output_schema rejects, so the server answers 500 (tracked by the xfail test
-    test_serve.py::test_text_classification_single_pair). Remove once the pipeline is fixed."""
-    body = case.body if isinstance(case.body, dict) else {}
-    return case.path.endswith("/sentiment/infer") and isinstance(body.get("inputs"), dict)
-
-
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case: Any) -> None:
     response = case.call(timeout=60)
-    if known_pipeline_bug(case):
-        assert response.status_code in (200, 422, 500)
-        return
     assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])

@@ -296,7 +296,6 @@ def _input_roles(inputs: list[Value]) -> dict[str, tuple[str | None, ...]]:
 
 def _buckets(inputs: list[Value], roles, batch_size, sequence_length) -> list[Bucket]:
     fixed_batch = {v.shape[0] for v in inputs if v.shape and isinstance(v.shape[0], int) and len(v.shape) > 0}
-    fixed_seq = {v.shape[1] for v in inputs if v.shape and len(v.shape) > 1 and isinstance(v.shape[1], int)}
     has_batch = any(BATCH in r for r in roles.values())
     has_seq = any(SEQ in r for r in roles.values())
     if batch_size is None:

@@ -171,7 +171,7 @@ def _operands(names: list[str], ctx: LowerContext, out: np.ndarray,
         arr = ctx.operand(name)
         if arr.shape != out.shape:
             arr = np.broadcast_to(arr, out.shape)
-        text[name] = "{%d}" % len(runtime)
+        text[name] = "{" + str(len(runtime)) + "}"
         runtime.append(arr)
     return text
 

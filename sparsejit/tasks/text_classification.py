@@ -45,9 +45,10 @@ class LabelScore(BaseModel):
     score: float
 
 
-class TextClassificationOutput(RootModel[list[LabelScore] | list[list[LabelScore]]]):
+class TextClassificationOutput(RootModel[list[LabelScore] | list[list[LabelScore]] | LabelScore]):
     """Response, shaped like transformers: a list of {label, score} (one per input, or top_k for a single
-    input), or a list of such lists (top_k given, several inputs)."""
+    input), a list of such lists (top_k given, several inputs), or one {label, score} for a single
+    text pair without top_k (as transformers returns it)."""
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,143 @@
+"""sparsejit vs onnxruntime, end to end, in one process, engines alternating run by run.
+
+    python -m bench.compare                       # the issue-3 rows, 2 threads (+ batch 1 on 1 thread)
+    python -m bench.compare --rows bert-b1 --threads 1 --seconds 10
+    python -m bench.compare --compile-time        # cold and warm compile of BERT-base
+
+onnxruntime runs with ORT_ENABLE_ALL and the same intra_op_num_threads. Reports medians (noisy,
+shared machines) and the throughput ratio sparsejit / onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    model: str  # "bert-base" (random init) or "minilm" (real all-MiniLM-L6-v2)
+    batch: int
+    seq: int
+
+
+ROWS = {
+    "bert-b1": Row("BERT-base b1 s128", "bert-base", 1, 128),
+    "bert-b16": Row("BERT-base b16 s128", "bert-base", 16, 128),
+    "minilm-b32": Row("MiniLM-L6 b32 s128", "minilm", 32, 128),
+}
+
+
+def model_dir(kind: str) -> Path:
+    from tests import zoo
+
+    return zoo.random_encoder("bert-base") if kind == "bert-base" else zoo.minilm_sentence_transformer()
+
+
+def full_inputs(directory: Path, batch: int, seq: int) -> dict[str, np.ndarray]:
+    from tests import zoo
+
+    feed = zoo.make_inputs(directory, batch, seq, padded=False)
+    return feed
+
+
+def measure(row: Row, threads: int, seconds: float) -> dict[str, float | str | int]:
+    import onnxruntime as ort
+
+    import sparsejit
+
+    directory = model_dir(row.model)
+    feed = full_inputs(directory, row.batch, row.seq)
+    engine = sparsejit.compile(directory / "model.onnx", batch_size=row.batch, sequence_length=row.seq,
+                               num_threads=threads)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(directory / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    runners = {"sparsejit": lambda: engine.run(feed), "onnxruntime": lambda: session.run(None, feed)}
+    for fn in runners.values():  # warm-up
+        fn()
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or min(len(v) for v in times.values()) < 5:
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    result: dict[str, float | str | int] = {"row": row.name, "threads": threads}
+    for name, samples in times.items():
+        med = float(np.median(samples))
+        result[f"{name}_median_ms"] = round(med * 1e3, 2)
+        result[f"{name}_p90_ms"] = round(float(np.percentile(samples, 90)) * 1e3, 2)
+        result[f"{name}_items_per_s"] = round(row.batch / med, 1)
+        result[f"{name}_runs"] = len(samples)
+    result["ratio"] = round(result["onnxruntime_median_ms"] / result["sparsejit_median_ms"], 3)
+    return result
+
+
+_COMPILE_SCRIPT = """
+import sys, time
+t = time.perf_counter()
+import sparsejit
+sparsejit.compile(sys.argv[1], batch_size=1, sequence_length=128)
+print(time.perf_counter() - t)
+"""
+
+
+def compile_times() -> dict[str, float]:
+    """Cold (empty kernel cache) and warm (cached) compile of BERT-base, each in a fresh process."""
+    model = model_dir("bert-base") / "model.onnx"
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, SPARSEJIT_CACHE_DIR=cache)
+        runs = []
+        for _ in range(2):
+            out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, str(model)], env=env,
+                                 capture_output=True, text=True, check=True)
+            runs.append(float(out.stdout.strip().splitlines()[-1]))
+    return {"cold_compile_s": round(runs[0], 1), "warm_compile_s": round(runs[1], 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--threads", type=int, nargs="*", default=None,
+                        help="thread counts (default: 2 for every row, plus 1 for bert-b1)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="time per row (both engines)")
+    parser.add_argument("--compile-time", action="store_true", help="also measure cold/warm compile")
+    parser.add_argument("--json", type=Path, help="write results here")
+    args = parser.parse_args()
+    results = []
+    for key in args.rows:
+        thread_counts = args.threads or ([2, 1] if key == "bert-b1" else [2])
+        for threads in thread_counts:
+            res = measure(ROWS[key], threads, args.seconds)
+            results.append(res)
+            print(f"{res['row']:<22} threads={threads}  sparsejit {res['sparsejit_median_ms']:8.1f} ms "
+                  f"(p90 {res['sparsejit_p90_ms']:.1f}, {res['sparsejit_items_per_s']} items/s)  "
+                  f"onnxruntime {res['onnxruntime_median_ms']:8.1f} ms (p90 {res['onnxruntime_p90_ms']:.1f}, "
+                  f"{res['onnxruntime_items_per_s']} items/s)  ratio {res['ratio']:.2f}x", flush=True)
+    if args.compile_time:
+        ct = compile_times()
+        results.append(ct)
+        print(f"BERT-base compile: cold {ct['cold_compile_s']} s, warm {ct['warm_compile_s']} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
