@@ -15,6 +15,23 @@ from sparsejit.errors import (
 
 __version__ = "0.1.0"
 
+
+def _route_numba_cache() -> None:
+    # Numba caches our hand-written kernels beside their source (site-packages may be read-only) unless
+    # told otherwise; send them where the generated kernels go, so SPARSEJIT_CACHE_DIR covers all.
+    import os
+
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    import numba
+
+    from sparsejit.kernels.codegen import cache_root
+
+    numba.config.CACHE_DIR = str(cache_root() / "numba")
+
+
+_route_numba_cache()
+
 from sparsejit.plan.engine import Engine, compile  # noqa: E402  (needs __version__ for the cache key)
 
 __all__ = [

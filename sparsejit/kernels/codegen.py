@@ -20,6 +20,9 @@ from types import ModuleType
 import numba
 
 import sparsejit
+from sparsejit.kernels import cache_guard
+
+cache_guard.install()
 
 _lock = threading.Lock()
 _loaded: dict[str, ModuleType] = {}

@@ -76,7 +76,8 @@ class Engine:
         graph = specialise(self._graph, shapes)
         if self.optimize:
             graph = optimise(graph)
-        return Plan(graph, self._weight_cache)
+        label = "bucket " + "x".join(str(d) for d in next(iter(shapes.values()))) if shapes else "model"
+        return Plan(graph, self._weight_cache, label)
 
     # ---- description -------------------------------------------------------------------------
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -13,6 +15,13 @@ from sparsejit.plan import ops_elementwise, ops_nn, ops_tensor  # noqa: F401  (r
 from sparsejit.plan.lowering import LowerContext, check_supported, lower, lowers
 
 
+def _progress_wanted() -> bool:
+    setting = os.environ.get("SPARSEJIT_PROGRESS", "auto").lower()
+    if setting in ("0", "false", "no", "off"):
+        return False
+    return setting in ("1", "true", "yes", "on") or sys.stderr.isatty()
+
+
 @lowers(*VIEW_OPS)
 def _view(node, ctx):  # views were bound to their input's buffer by the memory plan
     return None
@@ -21,7 +30,7 @@ def _view(node, ctx):  # views were bound to their input's buffer by the memory 
 class Plan:
     """Runs one bucket shape. Not re-entrant: `lock` serialises callers sharing the buffers."""
 
-    def __init__(self, graph: Graph, weight_cache: dict) -> None:
+    def __init__(self, graph: Graph, weight_cache: dict, label: str = "") -> None:
         check_supported(graph)
         self.graph = graph
         memory = plan_memory(graph)
@@ -45,7 +54,25 @@ class Plan:
         self.outputs = {v.name: arrays[v.name] if v.name in arrays else graph.initializers[v.name]
                         for v in graph.outputs}
         self.lock = threading.Lock()
-        self.run()  # compile every kernel now, so the first real call is fast and cannot fail late
+        self._warm_up(label)  # compile every kernel now: the first real call is fast and cannot fail late
+
+    def _warm_up(self, label: str) -> None:
+        """Run once, showing progress on a terminal while kernels compile (or load from cache)."""
+        show = _progress_wanted()
+        start = last = time.perf_counter()
+        total = len(self.steps)
+        for i, step in enumerate(self.steps, 1):
+            step()
+            now = time.perf_counter()
+            if show and now - last > 0.5:
+                last = now
+                sys.stderr.write(f"\rsparsejit: compiling {label} {i}/{total} kernels, {now - start:.1f} s")
+                sys.stderr.flush()
+        elapsed = time.perf_counter() - start
+        if show and elapsed > 1.0:
+            sys.stderr.write(f"\rsparsejit: {label} ready: {total} kernels in {elapsed:.1f} s"
+                             " (cached for next time)\n")
+            sys.stderr.flush()
 
     def run(self) -> None:
         for step in self.steps:

@@ -1,0 +1,456 @@
+"""int8 GEMM on AVX-512 VNNI (`vpdpbusd`: u8 x s8 -> s32), with vectorised quantisers.
+
+Notation: activations `a` are uint8 (an int8 tensor is shifted by +128 and its zero point with it),
+weights `w` int8 (a uint8 weight is shifted by -128 at packing, its zero point with it). With zero
+points `za` (scalar) and `zw[n]` (per column, usually 0), the exact integer product is
+
+    sum_k (a[m,k] - za)(w[k,n] - zw[n])
+        = acc[m,n] - za*colsum[n] - zw[n]*rowsum[m] + K*za*zw[n],     acc = sum_k a*w (vpdpbusd)
+
+so the kernel accumulates `acc` and the epilogue subtracts `comp[n] = za*colsum[n] - K*za*zw[n]`
+(and `zw[n]*rowsum[m]` only when some zw != 0), then dequantises and applies the fused epilogue:
+
+    out = act(float(acc - comp - zw*rowsum) * scale[n] + bias[n]) + residual       (float32 out)
+    out = clamp(rint(float(acc - comp - zw*rowsum) * scale[n]) + zy, qlo, qhi)       (8-bit out)
+
+with `scale[n] = scale_a * scale_w[n]` (divided by the output scale for 8-bit output).
+
+Weights are packed once (`pack_b_int8`) into NR-column panels with K in groups of 4 bytes, the
+layout `vpdpbusd` consumes: byte `((p*KP/4 + g)*NR + j)*4 + b` holds w[4g+b, p*NR+j] (K padded to
+KP = 4*ceil(K/4) and N to whole panels with zeros). Activations are quantised (or converted) into a
+[M, KP] uint8 scratch by a vectorised quantiser: `quantize_rows` (static scale/zero point, x/scale
+rounded half to even, like onnxruntime's MlasQuantizeLinear), `dynamic_params` (per-tensor min/max
+exactly as ONNX DynamicQuantizeLinear) and `convert_rows` (already-quantised 8-bit input).
+
+Micro-kernels are generated per (K, N, MR, NR, activation, output kind) into the kernel cache like
+`gemm.py`: an MR x NR tile of int32 accumulators kept in zmm registers over all of K.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from numba import get_num_threads, njit, prange, set_parallel_chunksize
+
+from sparsejit.kernels.codegen import load_generated
+from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty
+from sparsejit.kernels.simd import vbroadcast, vdiv, vibroadcast, viadd, vizero, vload, vload_mask, vmax, vmin, vzero
+from sparsejit.kernels.simd_int8 import (
+    vcvt_f2i,
+    vhmax,
+    vhmin,
+    vihsum,
+    vimax,
+    vimin,
+    vload_bytes_i,
+    vrint,
+    vstore_bytes_mask,
+)
+from sparsejit.kernels.threading import configure_threading
+
+__all__ = ["PackedInt8", "pack_b_int8", "qgemm", "quantize_rows", "dynamic_params", "convert_rows",
+           "DEFAULT_TILE_INT8", "epilogue_vectors", "pad_columns"]
+
+configure_threading()
+
+DEFAULT_TILE_INT8 = (6, 64)
+_L2_A_BUDGET = 256 * 1024
+_HERE = Path(__file__)
+_DEPS = hashlib.sha1(b"".join(p.read_bytes() for p in (
+    _HERE, _HERE.with_name("simd.py"), _HERE.with_name("simd_int8.py"), _HERE.with_name("gemm.py")))
+).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------------------
+# packing
+
+
+@dataclass(frozen=True)
+class PackedInt8:
+    """A constant [K, N] 8-bit weight packed for `vpdpbusd`, with its scales and column sums."""
+
+    data: np.ndarray  # int8 [n_panels * KP * NR], 64-byte aligned
+    k: int
+    kp: int
+    n: int
+    nr: int
+    colsum: np.ndarray  # int32 [n_panels * NR]: sum_k w_s8[k, n] (0 in padding)
+    zero: np.ndarray  # int32 [n_panels * NR]: shifted weight zero point zw[n]
+    has_zero: bool
+    scale: np.ndarray  # float32 [n_panels * NR]: weight scale per column (0 in padding)
+
+    @property
+    def n_panels(self) -> int:
+        return -(-self.n // self.nr)
+
+    def unpack(self) -> np.ndarray:
+        """The signed [K, N] int32 matrix w_s8 - zw (for tests)."""
+        d = self.data.reshape(self.n_panels, self.kp // 4, self.nr, 4).transpose(1, 3, 0, 2)
+        w = d.reshape(self.kp, self.n_panels * self.nr)[: self.k, : self.n].astype(np.int32)
+        return w - self.zero[: self.n]
+
+
+def _per_column(value: np.ndarray | float | int, n: int, dtype: Any) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.size not in (1, n):
+        raise ValueError(f"expected a scalar or {n} per-column values, got {arr.size}")
+    return np.broadcast_to(arr, (n,)).astype(dtype)
+
+
+def pack_b_int8(w: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray | int | None = None,
+                nr: int = DEFAULT_TILE_INT8[1]) -> PackedInt8:
+    """Pack an int8 or uint8 [K, N] weight with per-tensor or per-column scale and zero point."""
+    if w.ndim != 2 or w.dtype not in (np.int8, np.uint8):
+        raise ValueError(f"pack_b_int8 expects a 2-D int8/uint8 weight, got {w.dtype} {w.shape}")
+    if nr % 16 or nr <= 0:
+        raise ValueError(f"panel width must be a positive multiple of 16, got {nr}")
+    k, n = (int(s) for s in w.shape)
+    shift = 128 if w.dtype == np.uint8 else 0
+    w_s8 = (w.astype(np.int16) - shift).astype(np.int8)
+    zw = _per_column(0 if zero_point is None else zero_point, n, np.int64) - shift
+    kp = 4 * max(1, -(-k // 4))
+    n_pan = max(1, -(-n // nr))
+    full = np.zeros((kp, n_pan * nr), dtype=np.int8)
+    full[:k, :n] = w_s8
+    data = _aligned_empty((n_pan * kp * nr,), np.int8)
+    data[:] = full.reshape(kp // 4, 4, n_pan, nr).transpose(2, 0, 3, 1).reshape(-1)
+    colsum = np.zeros(n_pan * nr, dtype=np.int32)
+    colsum[:n] = w_s8.astype(np.int64).sum(axis=0)
+    zero = np.zeros(n_pan * nr, dtype=np.int32)
+    zero[:n] = zw
+    sc = np.zeros(n_pan * nr, dtype=np.float32)
+    sc[:n] = _per_column(scale, n, np.float32)
+    return PackedInt8(data=data, k=k, kp=kp, n=n, nr=nr, colsum=colsum, zero=zero,
+                      has_zero=bool(np.any(zw != 0)), scale=sc)
+
+
+# ----------------------------------------------------------------------------------------------
+# quantisers
+
+
+@njit(parallel=True, cache=True)
+def _minmax_kernel(x, n_chunks, part_min, part_max):  # type: ignore[no-untyped-def]
+    n = x.size
+    chunk = (n + n_chunks - 1) // n_chunks
+    chunk = (chunk + 15) // 16 * 16
+    for c in prange(n_chunks):
+        lo = c * chunk
+        hi = min(n, lo + chunk)
+        mn = vzero()  # zero padding of masked loads is harmless: the range always includes 0
+        mx = vzero()
+        i = lo
+        while i + 16 <= hi:
+            v = vload(x, i)
+            mn = vmin(mn, v)
+            mx = vmax(mx, v)
+            i += 16
+        if i < hi:
+            v = vload_mask(x, i, hi - i)
+            mn = vmin(mn, v)
+            mx = vmax(mx, v)
+        part_min[c] = vhmin(mn)
+        part_max[c] = vhmax(mx)
+
+
+def dynamic_params(x: np.ndarray) -> tuple[np.float32, int]:
+    """(scale, zero_point) of ONNX DynamicQuantizeLinear (uint8) for float32 `x`, computed in float32."""
+    flat = x.reshape(-1)
+    if flat.size == 0:
+        return np.float32(1.0), 0
+    n_chunks = max(1, min(4 * get_num_threads(), flat.size // 4096))
+    pmin = np.empty(n_chunks, np.float32)
+    pmax = np.empty(n_chunks, np.float32)
+    _minmax_kernel(flat, n_chunks, pmin, pmax)
+    lo = np.float32(min(0.0, float(pmin.min())))
+    hi = np.float32(max(0.0, float(pmax.max())))
+    scale = np.float32((hi - lo) / np.float32(255.0))
+    if scale == 0 or not np.isfinite(scale):
+        scale = np.float32(1.0)
+    zp = np.float32(0.0) - lo / scale
+    zp = int(np.rint(np.clip(zp, 0.0, 255.0)))
+    return scale, zp
+
+
+@njit(parallel=True, cache=True)
+def _quantize_rows_kernel(x, out, rowsum, M, K, KP, scale, zp, want_rowsum):  # type: ignore[no-untyped-def]
+    tail = (16 - K % 16) % 16
+    zq = min(max(zp, 0), 255)
+    for r in prange(M):
+        xo = r * K
+        oo = r * KP
+        s = vbroadcast(scale)
+        z = vibroadcast(zp)
+        lo = vizero()
+        hi = vibroadcast(255)
+        flo = vbroadcast(-512.0)
+        fhi = vbroadcast(512.0)
+        acc = vizero()
+        for j in range(0, K, 16):
+            m = min(16, K - j)
+            v = vload_mask(x, xo + j, m)
+            f = vmin(vmax(vrint(vdiv(v, s)), flo), fhi)
+            q = vimin(vimax(viadd(vcvt_f2i(f), z), lo), hi)
+            vstore_bytes_mask(out, oo + j, q, m)
+            if want_rowsum:
+                acc = viadd(acc, q)
+        for j in range(K, KP):
+            out[oo + j] = 0
+        if want_rowsum:
+            rowsum[r] = vihsum(acc) - tail * zq
+
+
+@njit(parallel=True, cache=True)
+def _convert_rows_kernel(x, out, rowsum, M, K, KP, shift, want_rowsum):  # type: ignore[no-untyped-def]
+    for r in prange(M):
+        xo = r * K
+        oo = r * KP
+        sh = vibroadcast(shift)
+        acc = vizero()
+        for j in range(0, K, 16):
+            m = min(16, K - j)
+            q = viadd(vload_bytes_i(x, xo + j, m), sh)
+            vstore_bytes_mask(out, oo + j, q, m)
+            if want_rowsum:
+                acc = viadd(acc, q)
+        for j in range(K, KP):
+            out[oo + j] = 0
+        if want_rowsum:
+            rowsum[r] = vihsum(acc) - ((16 - K % 16) % 16) * shift
+
+
+def quantize_rows(x: np.ndarray, out: np.ndarray, scale: float, zero_point: int,
+                  rowsum: np.ndarray | None = None) -> None:
+    """out[m, :K] = clamp(rint(x[m] / scale) + zero_point, 0, 255) as uint8; out[m, K:KP] = 0.
+
+    `x` is float32 [..., K] (C-contiguous), `out` uint8 [M, KP]; `rowsum[m]` (int32) gets the sum of
+    row m's quantised values when given.
+    """
+    k = x.shape[-1]
+    m, kp = out.shape
+    want = rowsum is not None
+    rs = rowsum if rowsum is not None else _NO_ROWSUM
+    _quantize_rows_kernel(x.reshape(-1), out.reshape(-1), rs, m, k, kp, np.float32(scale), int(zero_point),
+                          want)
+
+
+def convert_rows(x: np.ndarray, out: np.ndarray, rowsum: np.ndarray | None = None) -> None:
+    """Copy 8-bit rows [..., K] into the uint8 [M, KP] scratch (int8 shifted by +128), padding zeros."""
+    k = x.shape[-1]
+    m, kp = out.shape
+    want = rowsum is not None
+    rs = rowsum if rowsum is not None else _NO_ROWSUM
+    shift = 128 if x.dtype == np.int8 else 0
+    _convert_rows_kernel(x.reshape(-1), out.reshape(-1), rs, m, k, kp, shift, want)
+
+
+_NO_ROWSUM = np.zeros(1, dtype=np.int32)
+
+
+# ----------------------------------------------------------------------------------------------
+# code generation
+
+
+def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool) -> str:
+    """Source of a module with `qgemm_kernel` specialised for (K, N, MR, NR, act, output kind)."""
+    nv = nr // 16
+    kp = 4 * max(1, -(-k // 4))
+    n_pan = max(1, -(-n // nr))
+    last_w = n - (n_pan - 1) * nr
+    L: list[str] = []
+    emit = L.append
+    emit(f"# Generated by sparsejit.kernels.gemm_int8: K={k} N={n} MR={mr} NR={nr} act={act} "
+         f"out_q={out_q} deps={_DEPS}")
+    emit("from numba import njit, prange")
+    emit("from sparsejit.kernels.simd import (vadd, vbroadcast, vcvt_i2f, vdpbusd, vfma, vibroadcast, viload,"
+         " vizero, vload, vload_mask, vmax, vmin, vmul, vstore, vstore_mask, viadd)")
+    emit("from sparsejit.kernels.simd_int8 import (vload_bcast4, visub, vimul, vimax, vimin, vrint, vcvt_f2i,"
+         " vstore_bytes_mask)")
+    if act is not None:
+        emit(f"from sparsejit.kernels.gemm import {_ACT_FN[act]} as _act")
+    emit("")
+    emit(f"K = {k}\nKP = {kp}\nN = {n}\nMR = {mr}\nNR = {nr}\nNPAN = {n_pan}\n")
+    emit("@njit(cache=True, fastmath=True)")
+    emit("def _tile(a, bp, out, comp, scale, bias, res, rowsum, zw, i0, nrows, p, M, has_res, has_zw,"
+         " zy, qlo, qhi):")
+    for r in range(mr):
+        emit(f"    ao{r} = min(i0 + {r}, M - 1) * KP")
+    emit("    bo = p * (KP * NR)")
+    for r in range(mr):
+        for v in range(nv):
+            emit(f"    c{r}_{v} = vizero()")
+    emit("    for g in range(KP // 4):")
+    for v in range(nv):
+        emit(f"        b{v} = viload(bp, bo + {64 * v})")
+    for r in range(mr):
+        emit(f"        a{r} = vload_bcast4(a, ao{r} + 4 * g)")
+        for v in range(nv):
+            emit(f"        c{r}_{v} = vdpbusd(c{r}_{v}, a{r}, b{v})")
+    emit(f"        bo += {nr * 4}")
+    emit("    cb = p * NR")
+    for v in range(nv):
+        emit(f"    k{v} = viload(comp, cb + {16 * v})")
+        emit(f"    s{v} = vload(scale, cb + {16 * v})")
+        emit(f"    z{v} = viload(zw, cb + {16 * v})")
+        if not out_q:
+            emit(f"    e{v} = vload(bias, cb + {16 * v})")
+    if out_q:
+        emit("    zyv = vibroadcast(zy)")
+        emit("    qlov = vibroadcast(qlo)")
+        emit("    qhiv = vibroadcast(qhi)")
+        emit("    flo = vbroadcast(-65536.0)")
+        emit("    fhi = vbroadcast(65536.0)")
+
+    def body(indent: str, width: int) -> None:
+        for r in range(mr):
+            ind = indent
+            if r > 0:
+                emit(f"{indent}if nrows > {r}:")
+                ind = indent + "    "
+            emit(f"{ind}row = (i0 + {r}) * N + cb")
+            emit(f"{ind}if has_zw:")
+            emit(f"{ind}    rs = vibroadcast(rowsum[i0 + {r}])")
+            for v in range(nv):
+                lanes = min(16, width - 16 * v)
+                if lanes <= 0:
+                    continue
+                emit(f"{ind}x = visub(c{r}_{v}, k{v})")
+                emit(f"{ind}if has_zw:")
+                emit(f"{ind}    x = visub(x, vimul(rs, z{v}))")
+                if out_q:
+                    emit(f"{ind}f = vmin(vmax(vrint(vmul(vcvt_i2f(x), s{v})), flo), fhi)")
+                    emit(f"{ind}q = vimin(vimax(viadd(vcvt_f2i(f), zyv), qlov), qhiv)")
+                    emit(f"{ind}vstore_bytes_mask(out, row + {16 * v}, q, {lanes})")
+                    continue
+                emit(f"{ind}f = vfma(vcvt_i2f(x), s{v}, e{v})")
+                if act is not None:
+                    emit(f"{ind}f = _act(f)")
+                emit(f"{ind}if has_res:")
+                emit(f"{ind}    f = vadd(f, vload_mask(res, row + {16 * v}, {lanes}))")
+                if lanes == 16:
+                    emit(f"{ind}vstore(out, row + {16 * v}, f)")
+                else:
+                    emit(f"{ind}vstore_mask(out, row + {16 * v}, f, {lanes})")
+
+    if last_w == nr or n_pan == 1:
+        body("    ", last_w)
+    else:
+        emit("    if p < NPAN - 1:")
+        body("        ", nr)
+        emit("    else:")
+        body("        ", last_w)
+    emit("")
+    out_t = "uint8[::1]" if out_q else "float32[::1]"
+    sig = (f"void(uint8[::1], int8[::1], {out_t}, int32[::1], float32[::1], float32[::1], float32[::1], "
+           "int32[::1], int32[::1], int64, int64, boolean, boolean, int64, int64, int64)")
+    emit(f'@njit("{sig}", parallel=True, cache=True)')
+    emit("def qgemm_kernel(a, bp, out, comp, scale, bias, res, rowsum, zw, M, tpb, has_res, has_zw, zy, qlo,"
+         " qhi):")
+    emit("    n_mt = (M + MR - 1) // MR")
+    emit("    n_mb = (n_mt + tpb - 1) // tpb")
+    emit("    for t in prange(NPAN * n_mb):")
+    emit("        p = t // n_mb")
+    emit("        mb = t - p * n_mb")
+    emit("        for mt in range(mb * tpb, min(mb * tpb + tpb, n_mt)):")
+    emit("            i0 = mt * MR")
+    emit("            _tile(a, bp, out, comp, scale, bias, res, rowsum, zw, i0, min(MR, M - i0), p, M, has_res,"
+         " has_zw, zy, qlo, qhi)")
+    emit("")
+    return "\n".join(L)
+
+
+_kernels: dict[tuple, Any] = {}
+_lock = threading.Lock()
+
+
+def _kernel(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool) -> Any:
+    key = (k, n, mr, nr, act, out_q)
+    fn = _kernels.get(key)
+    if fn is None:
+        with _lock:
+            fn = _kernels.get(key)
+            if fn is None:
+                tag = f"qgemm_k{k}_n{n}_{mr}x{nr}_{act or 'id'}_{'q' if out_q else 'f'}"
+                module: ModuleType = load_generated(tag, _gen_source(k, n, mr, nr, act, out_q))
+                fn = module.qgemm_kernel
+                _kernels[key] = fn
+    return fn
+
+
+def _tiles_per_block(m: int, kp: int, mr: int, n_panels: int) -> int:
+    n_mt = -(-m // mr)
+    tpb = max(1, min(n_mt, _L2_A_BUDGET // max(1, mr * kp)))
+    want_tasks = 4 * get_num_threads()
+    while tpb > 1 and n_panels * (-(-n_mt // tpb)) < want_tasks:
+        tpb = -(-tpb // 2)
+    return tpb
+
+
+_EMPTY_F = np.zeros(16, dtype=np.float32)
+
+
+def qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, comp: np.ndarray, scale: np.ndarray,
+          bias: np.ndarray | None = None, activation: str | None = None, residual: np.ndarray | None = None,
+          rowsum: np.ndarray | None = None, out_zero: int = 0, mr: int = DEFAULT_TILE_INT8[0]) -> None:
+    """Run the int8 GEMM on the quantised activation scratch `a_q` (uint8 [M, KP]).
+
+    `comp` (int32) and `scale` (float32) are per-column vectors of `n_panels * NR` entries (see the
+    module docstring; `epilogue_vectors` builds them). `out` is float32 [..., N] (with `bias`,
+    `activation`, `residual` fused) or uint8/int8 [..., N] (requantised with `out_zero`, saturating).
+    `rowsum` (int32 [M]) is required when the weight has a non-zero zero point.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {activation!r}")
+    m = a_q.shape[0]
+    if a_q.shape[1] != packed.kp or a_q.dtype != np.uint8:
+        raise ValueError(f"a_q must be uint8 [M, {packed.kp}], got {a_q.dtype} {a_q.shape}")
+    if out.size != m * packed.n:
+        raise ValueError(f"out has {out.size} elements, expected {m}x{packed.n}")
+    if m == 0 or packed.n == 0:
+        return
+    out_q = out.dtype != np.float32
+    if packed.has_zero and rowsum is None:
+        raise ValueError("this weight has a non-zero zero point: pass the activation row sums")
+    pad = packed.n_panels * packed.nr
+    bias_f = _EMPTY_F
+    if not out_q:
+        bias_f = bias.reshape(-1) if bias is not None else np.zeros(pad, np.float32)
+        if bias_f.size != pad or bias_f.dtype != np.float32:
+            bias_f = pad_columns(bias_f, packed)
+    res_f = _EMPTY_F if residual is None else np.ascontiguousarray(residual, dtype=np.float32).reshape(-1)
+    if residual is not None and np.may_share_memory(res_f, out):
+        res_f = res_f.copy()
+    qlo, qhi = (-128, 127) if out.dtype == np.int8 else (0, 255)
+    out_f = out.reshape(-1).view(np.uint8) if out_q else out.reshape(-1)
+    kernel = _kernel(packed.k, packed.n, mr, packed.nr, activation if not out_q else None, out_q)
+    rs = rowsum if rowsum is not None else _NO_ROWSUM
+    old = set_parallel_chunksize(1)
+    try:
+        kernel(a_q.reshape(-1), packed.data, out_f, comp, scale, bias_f, res_f, rs, packed.zero, m,
+               _tiles_per_block(m, packed.kp, mr, packed.n_panels), residual is not None, packed.has_zero,
+               int(out_zero), qlo, qhi)
+    finally:
+        set_parallel_chunksize(old)
+
+
+def pad_columns(v: np.ndarray, packed: PackedInt8) -> np.ndarray:
+    """A per-column float32 vector (e.g. a bias) zero-padded to `n_panels * NR` entries."""
+    out = np.zeros(packed.n_panels * packed.nr, np.float32)
+    out[: packed.n] = np.asarray(v, dtype=np.float32).reshape(-1)
+    return out
+
+
+def epilogue_vectors(packed: PackedInt8, a_zero: int, a_scale: float,
+                     out_scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(comp, scale) for activation zero point `a_zero` (uint8 domain) and scale `a_scale`."""
+    za = np.int64(a_zero)
+    comp = (za * packed.colsum.astype(np.int64) - packed.k * za * packed.zero.astype(np.int64)).astype(np.int32)
+    scale = (np.float32(a_scale) * packed.scale).astype(np.float32)
+    if out_scale is not None:
+        scale = (scale / np.float32(out_scale)).astype(np.float32)
+    return comp, scale

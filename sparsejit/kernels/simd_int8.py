@@ -1,0 +1,187 @@
+"""Extra explicit-SIMD intrinsics for the int8 kernels (quantisers and VNNI GEMM epilogues).
+
+Complements `sparsejit.kernels.simd` (same `Vec16f` / `Vec16i` types and `(array, offset)`
+addressing, offsets in elements of the array's own dtype, no bounds checks):
+
+    vload_bcast4(a, off)        4 bytes of a uint8/int8 array at byte `off`, as one int32 in all lanes
+                                (the A operand of `vpdpbusd`)
+    visub(a, b), vimul(a, b), vimax(a, b), vimin(a, b)     lane-wise int32
+    vihsum(v)                   horizontal int32 sum
+    vrint(v)                    round to nearest, ties to even (float32)
+    vcvt_f2i(v)                 float32 -> int32 (truncating; use after `vrint`)
+    vhmax(v), vhmin(v)          horizontal float32 max / min
+    vstore_bytes_mask(a, off, v, n)   truncate 16 x i32 to bytes and store the first `n` to a
+                                uint8/int8 array
+    vload_bytes_i(a, off, n)    first `n` bytes of a uint8 (zero-extended) or int8 (sign-extended)
+                                array as 16 x i32 (other lanes 0)
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from sparsejit.kernels.simd import (
+    _VF,
+    _VI,
+    LANES,
+    Vec16f,
+    Vec16i,
+    _call_intrinsic,
+    _elem_ptr,
+    _lane_mask,
+    _splat,
+    vec16f,
+    vec16i,
+)
+
+__all__ = ["vload_bcast4", "visub", "vimul", "vimax", "vimin", "vihsum", "vrint", "vcvt_f2i", "vhmax",
+           "vhmin", "vstore_bytes_mask", "vload_bytes_i"]
+
+_I8 = ir.IntType(8)
+_I32 = ir.IntType(32)
+_VB8 = ir.VectorType(_I8, LANES)
+_BYTE_TYPES = (types.uint8, types.int8)
+
+
+def _is_bytes(ty: types.Type) -> bool:
+    return isinstance(ty, types.Array) and ty.dtype in _BYTE_TYPES
+
+
+@intrinsic
+def vload_bcast4(typingctx, arr, off):
+    """Load the 4 bytes at byte offset `off` as one int32 and broadcast it to all lanes."""
+    if not _is_bytes(arr):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        val = builder.load(builder.bitcast(ptr, _I32.as_pointer()), align=1)
+        return _splat(builder, val, _VI)
+    return vec16i(arr, types.intp), codegen
+
+
+def _make_ibinop(op: str, doc: str):  # type: ignore[no-untyped-def]
+    def impl(typingctx, a, b):
+        if not (isinstance(a, Vec16i) and isinstance(b, Vec16i)):
+            return None
+
+        def codegen(context, builder, sig, args):
+            x, y = args
+            if op == "sub":
+                return builder.sub(x, y)
+            if op == "mul":
+                return builder.mul(x, y)
+            if op == "max":
+                return builder.select(builder.icmp_signed(">", x, y), x, y)
+            return builder.select(builder.icmp_signed("<", x, y), x, y)
+        return vec16i(a, b), codegen
+    impl.__doc__ = doc
+    return intrinsic(impl)
+
+
+visub = _make_ibinop("sub", "Lane-wise int32 a - b (wrapping).")
+vimul = _make_ibinop("mul", "Lane-wise int32 a * b (low 32 bits).")
+vimax = _make_ibinop("max", "Lane-wise signed int32 max.")
+vimin = _make_ibinop("min", "Lane-wise signed int32 min.")
+
+
+def _tree(builder, x, combine):  # type: ignore[no-untyped-def]
+    width = LANES
+    while width > 1:
+        half = width // 2
+        lo = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half))))
+        hi = builder.shuffle_vector(x, x, ir.Constant(ir.VectorType(_I32, half), list(range(half, width))))
+        x = combine(lo, hi)
+        width = half
+    return builder.extract_element(x, ir.Constant(_I32, 0))
+
+
+@intrinsic
+def vihsum(typingctx, v):
+    """Horizontal int32 sum of the 16 lanes (wrapping)."""
+    if not isinstance(v, Vec16i):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _tree(builder, args[0], builder.add)
+    return types.int32(v), codegen
+
+
+@intrinsic
+def vhmax(typingctx, v):
+    """Horizontal float32 max of the 16 lanes."""
+    if not isinstance(v, Vec16f):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _tree(builder, args[0],
+                     lambda a, b: builder.select(builder.fcmp_ordered(">", a, b), a, b))
+    return types.float32(v), codegen
+
+
+@intrinsic
+def vhmin(typingctx, v):
+    """Horizontal float32 min of the 16 lanes."""
+    if not isinstance(v, Vec16f):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _tree(builder, args[0],
+                     lambda a, b: builder.select(builder.fcmp_ordered("<", a, b), a, b))
+    return types.float32(v), codegen
+
+
+@intrinsic
+def vrint(typingctx, v):
+    """Round each lane to the nearest integer, ties to even (`llvm.rint`, default rounding mode)."""
+    if not isinstance(v, Vec16f):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call_intrinsic(builder, "llvm.rint.v16f32", _VF, list(args))
+    return vec16f(v), codegen
+
+
+@intrinsic
+def vcvt_f2i(typingctx, v):
+    """Convert 16 x float32 to 16 x int32, truncating toward zero."""
+    if not isinstance(v, Vec16f):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fptosi(args[0], _VI)
+    return vec16i(v), codegen
+
+
+@intrinsic
+def vstore_bytes_mask(typingctx, arr, off, v, n):
+    """Truncate the lanes of `v` to 8 bits and store the first `n` of them at byte offset `off`."""
+    if not (_is_bytes(arr) and isinstance(v, Vec16i)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.bitcast(_elem_ptr(context, builder, sig.args[0], args[0], args[1]), _VB8.as_pointer())
+        mask = _lane_mask(builder, args[3])
+        data = builder.trunc(args[2], _VB8)
+        _call_intrinsic(builder, "llvm.masked.store.v16i8.p0", ir.VoidType(),
+                        [data, ptr, ir.Constant(_I32, 1), mask])
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, v, types.intp), codegen
+
+
+@intrinsic
+def vload_bytes_i(typingctx, arr, off, n):
+    """Load the first `n` bytes at `off` as int32 lanes (zero-extended for uint8, sign- for int8)."""
+    if not _is_bytes(arr):
+        return None
+    signed = arr.dtype == types.int8
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.bitcast(_elem_ptr(context, builder, sig.args[0], args[0], args[1]), _VB8.as_pointer())
+        mask = _lane_mask(builder, args[2])
+        zero = ir.Constant(_VB8, [0] * LANES)
+        data = _call_intrinsic(builder, "llvm.masked.load.v16i8.p0", _VB8, [ptr, ir.Constant(_I32, 1), mask, zero])
+        return builder.sext(data, _VI) if signed else builder.zext(data, _VI)
+    return vec16i(arr, types.intp, types.intp), codegen
