@@ -7,10 +7,10 @@ import numpy as np
 from sparsejit.errors import UnsupportedOperatorError
 from sparsejit.graph.ir import Node
 from sparsejit.kernels import reduce as rk
-from sparsejit.kernels.gemm import gemm, pack_b
 from sparsejit.kernels.gemm import matmul as simd_matmul
 from sparsejit.kernels.matmul import matmul
 from sparsejit.kernels.normalization import layer_norm_rows, layer_norm_rows_f32, softmax
+from sparsejit.plan.kernel_choice import choose_matmul_kernel
 from sparsejit.plan.lowering import LowerContext, Step, lowers
 from sparsejit.plan.ops_elementwise import lower_elementwise
 from sparsejit.plan.ops_tensor import sequence
@@ -27,8 +27,8 @@ def _matmul(node: Node, ctx: LowerContext) -> Step:
     out = ctx.array(node.outputs[0])
     b_name = node.inputs[1]
     if ctx.const(b_name) is not None and b.ndim == 2 and a.ndim >= 2 and _is_f32(a, b, out):
-        packed = ctx.shared(("packed_b", b_name), lambda: pack_b(b))
-        return lambda: gemm(a, packed, out)
+        kernel = choose_matmul_kernel(b, int(np.prod(a.shape[:-1])), None, shared=ctx.shared, key=b_name)
+        return lambda: kernel(a, out)
     if a.ndim >= 2 and b.ndim == a.ndim and a.shape[:-2] == b.shape[:-2] and _is_f32(a, b, out):
         return lambda: simd_matmul(a, b, out)
     return lambda: matmul(a, b, out)
@@ -40,12 +40,12 @@ def _fused_matmul(node: Node, ctx: LowerContext) -> Step:
     a = ctx.operand(node.inputs[0])
     w_name = node.inputs[1]
     w = ctx.operand(w_name)
-    packed = ctx.shared(("packed_b", w_name), lambda: pack_b(w))
     bias = ctx.operand(node.inputs[2]) if node.inputs[2] else None
     residual = ctx.operand(node.inputs[3]) if node.inputs[3] else None
     activation = node.attrs.get("activation")
     out = ctx.array(node.outputs[0])
-    return lambda: gemm(a, packed, out, bias=bias, activation=activation, residual=residual)
+    kernel = choose_matmul_kernel(w, int(np.prod(a.shape[:-1])), activation, shared=ctx.shared, key=w_name)
+    return lambda: kernel(a, out, bias, residual)
 
 
 @lowers("Gemm")

@@ -1,0 +1,226 @@
+"""Choose the kernel of each constant-weight MatMul by timing the candidates at load.
+
+For a weight at least `MIN_SPARSITY` sparse, the dense GEMM (`gemm.gemm` on packed panels), the
+unstructured sparse kernel (CSC) and the 1 x BW block-sparse kernels (for block widths whose density
+leaves them a chance) are each run for a few milliseconds on the layer's real row count M, and the
+fastest wins: no sparsity threshold decides between them. Decisions are cached on disk under
+``<cache root>/kernel-choices`` keyed by (weight hash, shape, M, activation, CPU, threads, kernel
+source hash), so compiling the same model again does not re-time.
+
+Only the chosen form is kept: forms built for timing and not chosen are dropped, so a weight run
+sparse holds no packed dense copy.
+
+`SPARSEJIT_MATMUL_KERNEL` = auto (default) | dense | csc | block16 | block32 | block64 forces a
+choice (for tests and debugging; a forced sparse kernel applies to weights of any sparsity).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numba import get_num_threads
+
+from sparsejit.graph.sparsity import analyse_weight
+from sparsejit.kernels import sparse_gemm as sg
+from sparsejit.kernels.codegen import cache_root, kernel_dir
+from sparsejit.kernels.gemm import PackedMatrix, gemm, pack_b
+
+__all__ = ["MIN_SPARSITY", "MatMulKernel", "WeightKernels", "choose_matmul_kernel", "ENV_POLICY"]
+
+MIN_SPARSITY = 0.5  # below this, sparse kernels are not even timed
+MAX_BLOCK_DENSITY = 0.6  # block kernels storing more than this fraction of blocks are not timed
+TIME_BUDGET_S = 0.004  # per candidate
+ENV_POLICY = "SPARSEJIT_MATMUL_KERNEL"
+_POLICIES = ("auto", "dense", "csc") + tuple(f"block{bw}" for bw in sg.BLOCK_WIDTHS)
+
+_SRC_HASH = hashlib.sha1(b"".join(p.read_bytes() for p in (
+    Path(__file__), Path(sg.__file__), Path(sg.__file__).with_name("gemm.py")))).hexdigest()[:12]
+
+Shared = Callable[[Any, Callable[[], Any]], Any]
+
+
+class MatMulKernel(Protocol):
+    """``kernel(a, out, bias=None, residual=None)`` computes out = act(a @ W + bias) + residual."""
+
+    name: str
+
+    def __call__(self, a: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
+                 residual: np.ndarray | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class DenseKernel:
+    """Dense GEMM on packed panels."""
+
+    packed: PackedMatrix
+    activation: str | None
+    name: str = "dense"
+
+    def __call__(self, a: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
+                 residual: np.ndarray | None = None) -> None:
+        gemm(a, self.packed, out, bias=bias, activation=self.activation, residual=residual)
+
+
+@dataclass(frozen=True)
+class SparseKernel:
+    """Block-sparse or CSC sparse GEMM on a compressed weight."""
+
+    weight: sg.BlockSparse | sg.CscSparse
+    activation: str | None
+    name: str
+
+    def __call__(self, a: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
+                 residual: np.ndarray | None = None) -> None:
+        sg.sparse_gemm(a, self.weight, out, bias=bias, activation=self.activation, residual=residual)
+
+
+def _policy() -> str:
+    value = os.environ.get(ENV_POLICY, "auto").strip().lower() or "auto"
+    if value not in _POLICIES:
+        raise ValueError(f"{ENV_POLICY}={value!r}: expected one of {_POLICIES}")
+    return value
+
+
+class WeightKernels:
+    """The kernels of one constant weight, shared by every bucket (one M each) that uses it."""
+
+    def __init__(self, weight: np.ndarray) -> None:
+        self.weight = weight
+        self.stats = analyse_weight(weight, shapes=tuple(f"1x{bw}" for bw in sg.BLOCK_WIDTHS),
+                                    min_sparsity=MIN_SPARSITY)
+        self._forms: dict[str, Any] = {}
+        self._chosen: set[str] = set()
+        self._digest: str | None = None
+        self.decisions: dict[tuple[int, str | None], dict[str, Any]] = {}
+
+    # ---- forms --------------------------------------------------------------------------------
+    def _form(self, name: str) -> Any:
+        form = self._forms.get(name)
+        if form is None:
+            if name == "dense":
+                form = pack_b(self.weight)
+            elif name == "csc":
+                form = sg.csc_sparse(self.weight)
+            else:
+                form = sg.block_sparse(self.weight, int(name[len("block"):]))
+            self._forms[name] = form
+        return form
+
+    def _kernel(self, name: str, activation: str | None) -> MatMulKernel:
+        form = self._form(name)
+        if name == "dense":
+            return DenseKernel(form, activation)
+        return SparseKernel(form, activation, name)
+
+    def candidates(self) -> list[str]:
+        policy = _policy()
+        if policy != "auto":
+            return [policy]
+        if self.stats.sparsity < MIN_SPARSITY:
+            return ["dense"]
+        names = ["dense", "csc"]
+        names += [f"block{bw}" for bw in sg.BLOCK_WIDTHS
+                  if self.stats.block_density.get(f"1x{bw}", 1.0) <= MAX_BLOCK_DENSITY]
+        return names
+
+    # ---- choice -------------------------------------------------------------------------------
+    def choose(self, m: int, activation: str | None) -> MatMulKernel:
+        """The fastest kernel for M rows (timed once, then cached in memory and on disk)."""
+        names = self.candidates()
+        if len(names) == 1:
+            chosen = names[0]
+        else:
+            key = self._cache_key(m, activation, names)
+            record = _read_decision(key)
+            if record is None or record.get("kernel") not in names:
+                times = self._time(names, m, activation)
+                record = {"kernel": min(times, key=times.__getitem__), "times": times, "m": m,
+                          "shape": list(self.weight.shape), "activation": activation,
+                          "sparsity": self.stats.sparsity}
+                _write_decision(key, record)
+            self.decisions[(m, activation)] = record
+            chosen = record["kernel"]
+        kernel = self._kernel(chosen, activation)
+        self._chosen.add(chosen)
+        self._forms = {n: f for n, f in self._forms.items() if n in self._chosen}  # drop the losers
+        return kernel
+
+    def _time(self, names: list[str], m: int, activation: str | None) -> dict[str, float]:
+        k, n = self.weight.shape
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((max(1, m), k), dtype=np.float32)
+        out = np.empty((max(1, m), n), dtype=np.float32)
+        kernels = {name: self._kernel(name, activation) for name in names}
+        first: dict[str, float] = {}
+        for name, kern in kernels.items():
+            kern(a, out)  # compile / load, warm caches
+            t0 = time.perf_counter()
+            kern(a, out)
+            first[name] = time.perf_counter() - t0
+        best = dict(first)
+        rounds = int(min(30, max(2, TIME_BUDGET_S / max(1e-7, min(first.values())))))
+        for _ in range(rounds):  # interleaved, so a burst of load on the machine hits every candidate
+            for name, kern in kernels.items():
+                if best[name] > 3 * min(best.values()) and _ > 1:
+                    continue  # clearly losing: stop spending time on it
+                t0 = time.perf_counter()
+                kern(a, out)
+                best[name] = min(best[name], time.perf_counter() - t0)
+        return best
+
+    def _cache_key(self, m: int, activation: str | None, names: list[str]) -> str:
+        if self._digest is None:
+            w = np.ascontiguousarray(self.weight)
+            self._digest = hashlib.blake2b(w.view(np.uint8).reshape(-1), digest_size=16).hexdigest()
+        parts = [self._digest, str(self.weight.shape), str(self.weight.dtype), str(m), str(activation),
+                 kernel_dir().name, str(get_num_threads()), _SRC_HASH, ",".join(names)]
+        return hashlib.sha1("|".join(parts).encode()).hexdigest()
+
+
+def _decision_dir() -> Path:
+    return cache_root() / "kernel-choices"
+
+
+def _read_decision(key: str) -> dict[str, Any] | None:
+    path = _decision_dir() / f"{key}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_decision(key: str, record: dict[str, Any]) -> None:
+    directory = _decision_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh)
+        os.replace(tmp, directory / f"{key}.json")
+    except OSError:  # a read-only cache only costs re-timing next time
+        pass
+
+
+def choose_matmul_kernel(weight: np.ndarray, m: int, activation: str | None = None, *,
+                         shared: Shared | None = None, key: Any = None) -> MatMulKernel:
+    """Kernel computing act(a @ weight + bias) + residual for `m` rows: dense, CSC or block-sparse.
+
+    `shared(key, build)` memoises per-weight state across buckets (pass `LowerContext.shared` and the
+    initializer name as `key`); without it the analysis is redone on every call.
+    """
+    if weight.ndim != 2 or weight.dtype != np.float32:
+        raise ValueError(f"expected a 2-D float32 weight, got {weight.dtype} {weight.shape}")
+    if shared is None:
+        kernels = WeightKernels(weight)
+    else:
+        kernels = shared(("weight_kernels", key), lambda: WeightKernels(weight))
+    return kernels.choose(int(m), activation)
