@@ -221,4 +221,8 @@ def _rebuild(graph: Graph, replaced: dict[int, Node | None]) -> Graph:
 
 def optimise(graph: Graph) -> Graph:
     """All fusion passes, in order."""
-    return fuse_elementwise_chains(fuse_matmul_epilogues(graph))
+    from sparsejit.graph.attention import fuse_attention
+
+    from sparsejit.graph.quant_fusion import fuse_quantized
+
+    return fuse_elementwise_chains(fuse_attention(fuse_matmul_epilogues(fuse_quantized(graph))))
