@@ -174,5 +174,10 @@ def benchmark(model: str, batch_size: int, input_shapes: str | None, scenario: s
             click.echo(f"results written to {export_path}", err=True)
 
 
+from sparsejit.sparsify_cli import sparsify_command  # noqa: E402  (the command lives in its own module)
+
+main.add_command(sparsify_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
