@@ -178,6 +178,8 @@ def _match(graph: Graph, uses: _Uses, producers: dict[str, Node], softmax: Node)
     members.append(node)
     members += chain
     b, h, s, d = graph.value_info[pv.outputs[0]].shape
+    if d % 16:  # the generated kernel keeps whole 16-lane vectors of a head's columns
+        return None
     q_src, k_src, v_src = q[0], k[0], v[0]
     for src in (q_src, k_src, v_src):
         if tuple(graph.value_info[src].shape) != (b, graph.value_info[src].shape[1], h * d):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from sparsejit.graph.ir import Node
-from sparsejit.kernels.attention import attention
+from sparsejit.kernels.attention import attention_kernel, bias_strides
 from sparsejit.plan.lowering import LowerContext, Step, lowers
 
 
@@ -14,14 +14,24 @@ def _attention(node: Node, ctx: LowerContext) -> Step:
     q, k, v = (ctx.operand(name) for name in node.inputs[:3])
     out = ctx.array(node.outputs[0])
     heads, d = int(node.attrs["num_heads"]), int(node.attrs["head_size"])
-    shape = (q.shape[0], heads, q.shape[1], k.shape[1])
-    terms = [np.broadcast_to(ctx.operand(name).astype(np.float32, copy=False), shape) for name in node.inputs[3:]]
-    signs = [float(s) for s in node.attrs["term_signs"]] + [0.0, 0.0]
-    dummy = np.zeros((1, 1, 1, 1), np.float32)
-    while len(terms) < 2:
-        terms.append(np.broadcast_to(dummy, shape))
-    n_terms = len(node.inputs) - 3
+    batch, sq, sk = q.shape[0], q.shape[1], k.shape[1]
+    terms = [ctx.operand(name) for name in node.inputs[3:]]
+    signs = [np.float32(s) for s in node.attrs["term_signs"]]
+    # The additive bias (sum of mask/position terms) keeps the terms' own broadcast shape, full on sk.
+    shape = np.broadcast_shapes(*(t.shape for t in terms), (1, 1, 1, sk)) if terms else (1, 1, 1, sk)
+    shape = (1,) * (4 - len(shape)) + tuple(shape)
+    assert shape[0] in (1, batch) and shape[1] in (1, heads) and shape[2] in (1, sq) and shape[3] == sk
+    bias = np.zeros(shape, dtype=np.float32)
+    sb, sh, si = bias_strides(bias)
+    kernel = attention_kernel(d)
     scale = np.float32(node.attrs["scale"])
     nan_to_zero = bool(node.attrs["nan_to_zero"])
-    return lambda: attention(q, k, v, terms[0], terms[1], n_terms, np.float32(signs[0]), np.float32(signs[1]),
-                             scale, nan_to_zero, heads, d, out)
+
+    def run() -> None:
+        if terms:
+            np.multiply(terms[0], signs[0], out=bias, casting="unsafe")
+            for term, sign in zip(terms[1:], signs[1:], strict=True):
+                bias[...] += sign * term
+        kernel(q, k, v, bias, sb, sh, si, scale, nan_to_zero, heads, out)
+
+    return run
