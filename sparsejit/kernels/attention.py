@@ -58,8 +58,8 @@ def _source(d: int) -> str:
     lines.append("                for e in range(d):")
     lines.append("                    kv = vload(kt, e * skp + jb)")
     for r in range(_ROWS):
-        lines.append(f"                    a{r} = vfma(vload_bcast(qf, (bi * sq + min(i0 + {r}, sq - 1)) * width + off + e),"
-                     f" kv, a{r})")
+        row = f"(bi * sq + min(i0 + {r}, sq - 1)) * width + off + e"
+        lines.append(f"                    a{r} = vfma(vload_bcast(qf, {row}), kv, a{r})")
     for r in range(_ROWS):
         lines.append(f"                vstore(sc, {r} * skp + jb, vmul(a{r}, vscale))")
     lines += [
