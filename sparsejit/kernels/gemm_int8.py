@@ -40,7 +40,7 @@ from numba import get_num_threads, njit, prange, set_parallel_chunksize
 
 from sparsejit.kernels.codegen import load_generated
 from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty
-from sparsejit.kernels.simd import vbroadcast, vdiv, vibroadcast, viadd, vizero, vload, vload_mask, vmax, vmin, vzero
+from sparsejit.kernels.simd import vbroadcast, vdiv, viadd, vibroadcast, vizero, vload, vload_mask, vmax, vmin, vzero
 from sparsejit.kernels.simd_int8 import (
     vcvt_f2i,
     vhmax,

@@ -1,0 +1,384 @@
+"""Lowerings of quantised operators.
+
+- `sparsejit::QMatMul` (made by `graph.quant_fusion`): float32 activations quantised on the fly
+  (static scale/zero point from a QDQ pair, or per-tensor dynamic like DynamicQuantizeLinear), an
+  int8 VNNI GEMM on the constant 8-bit weight, dequantise + bias + activation + residual fused in
+  its epilogue. Activations shared by several QMatMuls (Q, K, V) are quantised once.
+- ai.onnx `QuantizeLinear`, `DequantizeLinear` (generated elementwise kernels, per-tensor or
+  per-axis), `DynamicQuantizeLinear` (vectorised min/max + quantiser), `QLinearMatMul` (VNNI GEMM
+  with requantised 8-bit output for constant weights; exact float64 BLAS for two activations),
+  `MatMulInteger` (exact float64 BLAS; the fused QMatMul is the fast path).
+- com.microsoft `MatMulNBits` (4-bit block weights dequantised to float32 once at load and run by
+  the fp32 GEMM, matching onnxruntime's default accuracy level), `QLinearAdd`, `QLinearMul`
+  (elementwise kernels), `QLinearSoftmax` (dequantise, softmax, requantise).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsejit.errors import UnsupportedOperatorError
+from sparsejit.graph import quant_ops  # noqa: F401  (registers the quantisation op rules)
+from sparsejit.graph.ir import Node
+from sparsejit.graph.quant_ops import MS_DOMAIN, axis_shape, matmulnbits_weight
+from sparsejit.kernels.elementwise import as_rank2, elementwise_kernel
+from sparsejit.kernels.gemm import gemm, pack_b
+from sparsejit.kernels.gemm_int8 import (
+    _quantize_rows_kernel,
+    convert_rows,
+    dynamic_params,
+    epilogue_vectors,
+    pack_b_int8,
+    pad_columns,
+    qgemm,
+    quantize_rows,
+)
+from sparsejit.kernels.normalization import softmax
+from sparsejit.plan.lowering import LowerContext, Step, lowers
+
+_QRANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
+_CTOR = {np.dtype(np.uint8): "np.uint8", np.dtype(np.int8): "np.int8"}
+
+
+# ----------------------------------------------------------------------------------------------
+# elementwise helpers
+
+
+class _Operands:
+    """Run-time operands of a generated elementwise kernel, broadcast to the output shape.
+
+    Scales and zero points are passed as (zero-stride) arrays rather than inlined as literals, so
+    every Q/DQ node of a model shares one compiled kernel per expression shape.
+    """
+
+    def __init__(self, out: np.ndarray) -> None:
+        self.out = out
+        self.arrays: list[np.ndarray] = []
+
+    def add(self, arr: np.ndarray, as_float: bool = False) -> str:
+        arr = np.asarray(arr)
+        if as_float and arr.dtype != np.float32 and arr.size == 1:
+            arr = arr.astype(np.float32)
+            as_float = False
+        view = arr if arr.shape == self.out.shape else np.broadcast_to(arr, self.out.shape)
+        self.arrays.append(view)
+        text = "{" + str(len(self.arrays) - 1) + "}"
+        return f"np.float32({text})" if as_float else text
+
+    def step(self, expr: str) -> Step:
+        if not self.arrays:
+            self.arrays.append(np.zeros(self.out.shape, dtype=np.float32))
+        views, out_view = as_rank2(self.arrays, self.out)
+        kernel = elementwise_kernel(expr, len(views), out_view.ndim)
+        return lambda: kernel(*views, out_view)
+
+
+def _param(ctx: LowerContext, node: Node, index: int, ndim: int = 0, axis: int = 0) -> np.ndarray:
+    """A scale or zero point input (0 when omitted) reshaped to broadcast along `axis`."""
+    name = node.inputs[index] if len(node.inputs) > index else ""
+    if not name:
+        return np.zeros((), dtype=np.float32)
+    return axis_shape(ctx.operand(name), ndim, axis)
+
+
+def _const_scalar(ctx: LowerContext, node: Node, index: int) -> np.float32 | None:
+    """A constant scalar scale or zero point input as float32 (0 when omitted), None if not constant."""
+    name = node.inputs[index] if len(node.inputs) > index else ""
+    if not name:
+        return np.float32(0.0)
+    value = ctx.const(name)
+    return np.float32(np.asarray(value).reshape(())) if value is not None and value.size == 1 else None
+
+
+def _quant_expr(value: str, scale: str, zero: str, dtype: np.dtype) -> str:
+    """saturate(rint(value / scale) + zero) the way MLAS computes it: the quotient is clamped to
+    [lo - zero, hi - zero] by non-NaN-propagating max/min first (so NaN, e.g. -inf / inf, gives lo)."""
+    lo, hi = _QRANGE[np.dtype(dtype)]
+    t = f"({value} / {scale})"
+    low, high = f"(np.float32({lo}) - {zero})", f"(np.float32({hi}) - {zero})"
+    t = f"({t} if {t} > {low} else {low})"
+    t = f"({t} if {t} < {high} else {high})"
+    return f"{_CTOR[np.dtype(dtype)]}(np.rint({t}) + {zero})"
+
+
+def _out_qdtype(node: Node, ctx: LowerContext) -> np.dtype:
+    dtype = ctx.dtype(node.outputs[0])
+    if dtype not in _QRANGE:
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, f"{dtype} output")
+    return dtype
+
+
+# ----------------------------------------------------------------------------------------------
+# QuantizeLinear / DequantizeLinear
+
+
+@lowers("DequantizeLinear")
+def _dequantize_linear(node: Node, ctx: LowerContext) -> Step:
+    x = ctx.operand(node.inputs[0])
+    out = ctx.array(node.outputs[0])
+    if node.attrs.get("block_size", 0):
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "blocked quantisation")
+    axis = int(node.attrs.get("axis", 1))
+    ops = _Operands(out)
+    xs = ops.add(x, as_float=True)
+    z = ops.add(_param(ctx, node, 2, x.ndim, axis), as_float=True)
+    s = ops.add(_param(ctx, node, 1, x.ndim, axis))
+    return ops.step(f"(({xs} - {z}) * {s})")
+
+
+@lowers("QuantizeLinear")
+def _quantize_linear(node: Node, ctx: LowerContext) -> Step:
+    x = ctx.operand(node.inputs[0])
+    out = ctx.array(node.outputs[0])
+    if node.attrs.get("block_size", 0):
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "blocked quantisation")
+    dtype = _out_qdtype(node, ctx)
+    axis = int(node.attrs.get("axis", 1))
+    ops = _Operands(out)
+    xs = ops.add(x, as_float=True)
+    s = ops.add(_param(ctx, node, 1, x.ndim, axis), as_float=True)
+    z = ops.add(_param(ctx, node, 2, x.ndim, axis), as_float=True)
+    return ops.step(_quant_expr(xs, s, z, dtype))
+
+
+@lowers("DynamicQuantizeLinear")
+def _dynamic_quantize_linear(node: Node, ctx: LowerContext) -> Step:
+    x = ctx.operand(node.inputs[0])
+    y = ctx.array(node.outputs[0])
+    y_scale = ctx.array(node.outputs[1]) if len(node.outputs) > 1 and node.outputs[1] else None
+    y_zero = ctx.array(node.outputs[2]) if len(node.outputs) > 2 and node.outputs[2] else None
+    k = x.shape[-1] if x.ndim else 1
+    rows = x.size // max(k, 1)
+    x_flat = np.ascontiguousarray(x).reshape(-1) if x.flags.c_contiguous else None
+    no_rowsum = np.zeros(1, np.int32)
+
+    def run() -> None:
+        xf = x_flat if x_flat is not None else np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        scale, zero = dynamic_params(xf)
+        _quantize_rows_kernel(xf, y.reshape(-1), no_rowsum, rows, k, k, scale, zero, False)
+        if y_scale is not None:
+            y_scale[...] = scale
+        if y_zero is not None:
+            y_zero[...] = zero
+
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# integer matrix products (exact reference paths)
+
+
+def _zero_of(ctx: LowerContext, name: str) -> np.ndarray | None:
+    return ctx.operand(name) if name else None
+
+
+@lowers("MatMulInteger")
+def _matmul_integer(node: Node, ctx: LowerContext) -> Step:
+    """int32 (a - za) @ (b - zb), computed exactly in float64 BLAS (products < 2^53)."""
+    a, b = ctx.operand(node.inputs[0]), ctx.operand(node.inputs[1])
+    za = _zero_of(ctx, node.inputs[2] if len(node.inputs) > 2 else "")
+    zb = _zero_of(ctx, node.inputs[3] if len(node.inputs) > 3 else "")
+    out = ctx.array(node.outputs[0])
+    b_const = ctx.const(node.inputs[1]) is not None and (zb is None or ctx.const(node.inputs[3]) is not None)
+
+    def rhs_value() -> np.ndarray:
+        rhs = b.astype(np.float64)
+        return rhs - np.asarray(zb, dtype=np.float64) if zb is not None else rhs  # per-column zb broadcasts
+
+    bf = rhs_value() if b_const else None
+
+    def run() -> None:
+        lhs = a.astype(np.float64)
+        if za is not None:
+            zaf = np.asarray(za, dtype=np.float64)
+            lhs -= zaf.reshape(-1, 1) if zaf.size > 1 else zaf.reshape(())
+        np.copyto(out, np.matmul(lhs, bf if bf is not None else rhs_value()), casting="unsafe")
+
+    return run
+
+
+@lowers("QLinearMatMul")
+def _qlinear_matmul(node: Node, ctx: LowerContext) -> Step:
+    a, b = ctx.operand(node.inputs[0]), ctx.operand(node.inputs[3])
+    out = ctx.array(node.outputs[0])
+    dtype = _out_qdtype(node, ctx)
+    consts = [ctx.const(node.inputs[i]) for i in (1, 2, 4, 5, 6, 7)]
+    if any(c is None for c in consts[:2] + consts[4:]):
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "run-time scales")
+    sa, za, sb, zb, sy, zy = consts
+    if (ctx.const(node.inputs[3]) is not None and b.ndim == 2 and a.ndim >= 2 and sb is not None
+            and zb is not None and np.asarray(sa).size == 1 and np.asarray(za).size == 1):
+        name = node.inputs[3]
+        packed = ctx.shared(("packed_int8", name, node.inputs[4], node.inputs[5]),
+                            lambda: pack_b_int8(b, sb, zb))
+        za_u8 = int(np.asarray(za).reshape(())) + (128 if a.dtype == np.int8 else 0)
+        comp, scale = epilogue_vectors(packed, za_u8, float(np.asarray(sa).reshape(())),
+                                       float(np.asarray(sy).reshape(())))
+        m = a.size // packed.k
+        aq = np.empty((m, packed.kp), np.uint8)
+        rowsum = np.empty(m, np.int32) if packed.has_zero else None
+        zero_y = int(np.asarray(zy).reshape(()))
+
+        def run() -> None:
+            convert_rows(a, aq, rowsum)
+            qgemm(aq, packed, out, comp, scale, rowsum=rowsum, out_zero=zero_y)
+
+        return run
+    # two activations (attention): exact integer products in float64, requantised like onnxruntime
+    if sb is None or zb is None:
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "run-time scales")
+    lo, hi = _QRANGE[dtype]
+    mult = np.float64(np.float32(sa) * np.float32(sb) / np.float32(sy)) if np.size(sb) == 1 else None
+    if mult is None:
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "per-column scales of an activation")
+
+    def run_dynamic() -> None:
+        acc = np.matmul(a.astype(np.float64) - np.float64(za), b.astype(np.float64) - np.float64(zb))
+        y = np.rint((acc * mult).astype(np.float32)) + np.float32(zy)
+        np.copyto(out, np.clip(y, lo, hi), casting="unsafe")
+
+    return run_dynamic
+
+
+# ----------------------------------------------------------------------------------------------
+# com.microsoft QLinearAdd / QLinearMul / QLinearSoftmax / MatMulNBits
+
+
+@lowers("QLinearAdd", "QLinearMul", domain=MS_DOMAIN)
+def _qlinear_binary(node: Node, ctx: LowerContext) -> Step:
+    """Computed as onnxruntime's MLAS kernels do, so results agree bit for bit:
+    Add: rint(fma(a, sa/sc, fma(b, sb/sc, zc - za*sa/sc - zb*sb/sc))); Mul: rint((a-za)(b-zb)*sa*sb/sc + zc).
+    """
+    out = ctx.array(node.outputs[0])
+    dtype = _out_qdtype(node, ctx)
+    params = [_const_scalar(ctx, node, i) for i in (1, 2, 4, 5, 6, 7)]
+    if any(p is None for p in params):
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "run-time or per-axis scales")
+    sa, za, sb, zb, sc, zc = params
+    ops = _Operands(out)
+    a = ops.add(ctx.operand(node.inputs[0]), as_float=True)
+    b = ops.add(ctx.operand(node.inputs[3]), as_float=True)
+    lo, hi = _QRANGE[dtype]
+    if node.op_type == "QLinearAdd":
+        rac, rbc = np.float32(sa / sc), np.float32(sb / sc)
+        const = np.float32(np.float32(zc - rac * za) - rbc * zb)
+        r1, r2, c = (ops.add(np.float64(v)) for v in (rac, rbc, const))
+        inner = f"np.float32(np.float64({b}) * {r2} + {c})"
+        value = f"np.float32(np.float64({a}) * {r1} + np.float64({inner}))"
+    else:
+        za_t, zb_t, r, c = (ops.add(np.float32(v)) for v in (za, zb, np.float32(sa * sb / sc), zc))
+        value = f"((({a} - {za_t}) * ({b} - {zb_t})) * {r} + {c})"
+    return ops.step(f"{_CTOR[dtype]}(_min(_max(np.rint({value}), np.float32({lo})), np.float32({hi})))")
+
+
+@lowers("QLinearSoftmax", domain=MS_DOMAIN)
+def _qlinear_softmax(node: Node, ctx: LowerContext) -> Step:
+    x = ctx.operand(node.inputs[0])
+    out = ctx.array(node.outputs[0])
+    dtype = _out_qdtype(node, ctx)
+    xf = np.empty(x.shape, np.float32)
+    yf = np.empty(x.shape, np.float32)
+    ops_in = _Operands(xf)
+    xs = ops_in.add(x, as_float=True)
+    z_in = ops_in.add(_param(ctx, node, 2), as_float=True)
+    dequant = ops_in.step(f"(({xs} - {z_in}) * {ops_in.add(_param(ctx, node, 1), as_float=True)})")
+    ops_out = _Operands(out)
+    ys = ops_out.add(yf)
+    requant = ops_out.step(_quant_expr(ys, ops_out.add(_param(ctx, node, 3), as_float=True),
+                                       ops_out.add(_param(ctx, node, 4), as_float=True), dtype))
+    axis = int(node.attrs.get("axis", -1))
+    if int(node.attrs.get("opset", 13)) < 13:
+        axis %= max(x.ndim, 1)
+        rows = int(np.prod(x.shape[:axis]))
+        x2, y2 = xf.reshape(rows, -1), yf.reshape(rows, -1)
+
+        def norm() -> None:
+            softmax(x2, y2, -1, False)
+    else:
+        def norm() -> None:
+            softmax(xf, yf, axis, False)
+
+    def run() -> None:
+        dequant()
+        norm()
+        requant()
+
+    return run
+
+
+@lowers("MatMulNBits", domain=MS_DOMAIN)
+def _matmul_nbits(node: Node, ctx: LowerContext) -> Step:
+    """Block-quantised weights dequantised to float32 once (shared by buckets), then the fp32 GEMM."""
+    a = ctx.operand(node.inputs[0])
+    out = ctx.array(node.outputs[0])
+    names = node.inputs[1:4] + [""] * (3 - len(node.inputs[1:4]))
+    if any(ctx.const(n) is None for n in names[:2]) or (names[2] and ctx.const(names[2]) is None):
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "run-time weights")
+    key = ("nbits_packed", *names, node.attrs.get("K"), node.attrs.get("N"))
+    packed = ctx.shared(key, lambda: pack_b(matmulnbits_weight(
+        node, ctx.const(names[0]), ctx.const(names[1]), ctx.const(names[2]) if names[2] else None)))
+    bias = ctx.operand(node.inputs[5]) if len(node.inputs) > 5 and node.inputs[5] else None
+    return lambda: gemm(a, packed, out, bias=bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# sparsejit::QMatMul
+
+
+class _SharedQuant:
+    """Quantised activations (and their parameters) computed once per run for all their consumers."""
+
+    def __init__(self, m: int, kp: int) -> None:
+        self.aq = np.empty((m, kp), np.uint8)
+        self.rowsum = np.empty(m, np.int32)
+        self.scale = np.float32(1.0)
+        self.zero = 0
+
+
+@lowers("QMatMul", domain="sparsejit")
+def _qmatmul(node: Node, ctx: LowerContext) -> Step:
+    """out = act(dequant(quant(x) @ Wq) + bias) + residual with the int8 VNNI GEMM."""
+    x = ctx.operand(node.inputs[0])
+    w_name, s_name, z_name = node.inputs[1], node.inputs[2], node.inputs[3]
+    w, ws = ctx.const(w_name), ctx.const(s_name)
+    wz = ctx.const(z_name) if z_name else None
+    assert w is not None and ws is not None
+    packed = ctx.shared(("packed_int8", w_name, s_name, z_name), lambda: pack_b_int8(w, ws, wz))
+    bias_name = node.inputs[4] if len(node.inputs) > 4 else ""
+    bias = pad_columns(ctx.const(bias_name), packed) if bias_name else None
+    residual = ctx.operand(node.inputs[5]) if len(node.inputs) > 5 and node.inputs[5] else None
+    activation = node.attrs.get("activation")
+    out = ctx.array(node.outputs[0])
+    mode = node.attrs["mode"]
+    m = x.size // packed.k
+    a_scale = float(node.attrs.get("a_scale", 1.0))
+    a_zero = int(node.attrs.get("a_zero", 0))
+    key = ("__qmatmul_act__", node.inputs[0], mode, a_scale, a_zero, packed.kp)
+    shared = ctx.arrays.get(key)  # type: ignore[call-overload]
+    first = shared is None
+    if first:
+        shared = _SharedQuant(m, packed.kp)
+        ctx.arrays[key] = shared  # type: ignore[index]
+    rowsum = shared.rowsum if packed.has_zero else None
+    x2 = x.reshape(m, packed.k) if x.flags.c_contiguous else None
+
+    if mode == "static":
+        comp, scale = epilogue_vectors(packed, a_zero, a_scale)
+
+        def run_static() -> None:
+            if first:
+                quantize_rows(x2 if x2 is not None else np.ascontiguousarray(x).reshape(m, -1), shared.aq,
+                              a_scale, a_zero, shared.rowsum)
+            qgemm(shared.aq, packed, out, comp, scale, bias, activation, residual, rowsum)
+
+        return run_static
+
+    def run_dynamic() -> None:
+        if first:
+            xc = x2 if x2 is not None else np.ascontiguousarray(x).reshape(m, -1)
+            shared.scale, shared.zero = dynamic_params(xc)
+            quantize_rows(xc, shared.aq, shared.scale, shared.zero, shared.rowsum)
+        comp, scale = epilogue_vectors(packed, shared.zero, shared.scale)
+        qgemm(shared.aq, packed, out, comp, scale, bias, activation, residual, rowsum)
+
+    return run_dynamic
