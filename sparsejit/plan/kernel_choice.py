@@ -39,6 +39,7 @@ __all__ = ["MIN_SPARSITY", "MatMulKernel", "WeightKernels", "choose_matmul_kerne
 MIN_SPARSITY = 0.5  # below this, sparse kernels are not even timed
 MAX_BLOCK_DENSITY = 0.6  # block kernels storing more than this fraction of blocks are not timed
 TIME_BUDGET_S = 0.004  # per candidate
+MAX_TIMED_ROWS = 2048  # larger M is timed on this many rows (cost is linear in M by then)
 ENV_POLICY = "SPARSEJIT_MATMUL_KERNEL"
 _POLICIES = ("auto", "dense", "csc") + tuple(f"block{bw}" for bw in sg.BLOCK_WIDTHS)
 
@@ -156,9 +157,10 @@ class WeightKernels:
 
     def _time(self, names: list[str], m: int, activation: str | None) -> dict[str, float]:
         k, n = self.weight.shape
+        rows = max(1, min(m, MAX_TIMED_ROWS))
         rng = np.random.default_rng(0)
-        a = rng.standard_normal((max(1, m), k), dtype=np.float32)
-        out = np.empty((max(1, m), n), dtype=np.float32)
+        a = rng.standard_normal((rows, k), dtype=np.float32)
+        out = np.empty((rows, n), dtype=np.float32)
         kernels = {name: self._kernel(name, activation) for name in names}
         first: dict[str, float] = {}
         for name, kern in kernels.items():
@@ -167,10 +169,10 @@ class WeightKernels:
             kern(a, out)
             first[name] = time.perf_counter() - t0
         best = dict(first)
-        rounds = int(min(30, max(2, TIME_BUDGET_S / max(1e-7, min(first.values())))))
+        rounds = int(min(30, max(1, TIME_BUDGET_S / max(1e-7, min(first.values())))))
         for _ in range(rounds):  # interleaved, so a burst of load on the machine hits every candidate
             for name, kern in kernels.items():
-                if best[name] > 3 * min(best.values()) and _ > 1:
+                if best[name] > 3 * min(best.values()):
                     continue  # clearly losing: stop spending time on it
                 t0 = time.perf_counter()
                 kern(a, out)
