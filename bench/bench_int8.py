@@ -1,0 +1,84 @@
+"""Dense int8 BERT-base: sparsejit vs onnxruntime running the very same quantised file.
+
+Forms: ``qop`` (quantize_static, QOperator: QLinearMatMul), ``qdq`` (quantize_static, QDQ) and
+``dynamic`` (quantize_dynamic: DynamicQuantizeLinear + MatMulInteger), all made from the zoo's random
+BERT-base (full size) with onnxruntime.quantization (static forms quantise MatMul only, calibrated on 4
+random batches) and cached under the zoo cache. onnxruntime runs with ORT_ENABLE_ALL and the same
+thread count. Also prints onnxruntime on the fp32 file for reference. Report only: no assertions.
+
+    python bench/bench_int8.py                         # shapes 1x128 and 16x128, 2 threads
+    python bench/bench_int8.py --shapes 1x128 --forms dynamic --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import zoo  # noqa: E402
+from test_quantized import quantized_model  # noqa: E402
+
+import sparsejit  # noqa: E402
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of `fn()` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def ort_session(path: Path, threads: int):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default="1x128,16x128", help="comma-separated BATCHxSEQ")
+    parser.add_argument("--forms", default="qop,qdq,dynamic")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--arch", default="bert-base", help="zoo architecture (bert-base = full size)")
+    args = parser.parse_args()
+
+    base = zoo.random_encoder(args.arch, head="token_classification")
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    forms = args.forms.split(",")
+    print(f"{args.arch} token classification, {args.threads} threads, median of {args.repeats}")
+    print(f"{'form':<9} {'shape':>7} {'ort fp32 ms':>12} {'ort int8 ms':>12} {'sparsejit ms':>13} "
+          f"{'vs ort int8':>12} {'vs ort fp32':>12} {'max|diff|':>10}")
+    fp32_sess = ort_session(base / "model.onnx", args.threads)
+    for form in forms:
+        path = quantized_model(base, form) / "model.onnx"
+        sess = ort_session(path, args.threads)
+        for batch, seq in shapes:
+            feed = zoo.make_inputs(base, batch, seq, seed=0)
+            engine = sparsejit.compile(str(path), batch, seq, num_threads=args.threads)
+            t_fp32 = median_time(lambda: fp32_sess.run(None, feed), args.repeats)  # noqa: B023
+            t_ort = median_time(lambda: sess.run(None, feed), args.repeats)  # noqa: B023
+            t_sj = median_time(lambda: engine.run(feed), args.repeats)  # noqa: B023
+            diff = float(np.abs(engine.run(feed)["logits"] - sess.run(None, feed)[0]).max())
+            print(f"{form:<9} {batch:>3}x{seq:<3} {t_fp32 * 1e3:>12.2f} {t_ort * 1e3:>12.2f} {t_sj * 1e3:>13.2f} "
+                  f"{t_ort / t_sj:>11.2f}x {t_fp32 / t_sj:>11.2f}x {diff:>10.3g}")
+
+
+if __name__ == "__main__":
+    main()
