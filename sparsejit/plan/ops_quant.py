@@ -260,8 +260,9 @@ def _qlinear_binary(node: Node, ctx: LowerContext) -> Step:
     b = ops.add(ctx.operand(node.inputs[3]), as_float=True)
     lo, hi = _QRANGE[dtype]
     if node.op_type == "QLinearAdd":
-        rac, rbc = np.float32(sa / sc), np.float32(sb / sc)
-        const = np.float32(np.float32(zc - rac * za) - rbc * zb)
+        with np.errstate(all="ignore"):  # degenerate calibrations give infinite scales
+            rac, rbc = np.float32(sa / sc), np.float32(sb / sc)
+            const = np.float32(np.float32(zc - rac * za) - rbc * zb)
         r1, r2, c = (ops.add(np.float64(v)) for v in (rac, rbc, const))
         inner = f"np.float32(np.float64({b}) * {r2} + {c})"
         value = f"np.float32(np.float64({a}) * {r1} + np.float64({inner}))"
