@@ -56,10 +56,7 @@ class _Operands:
         self.arrays: list[np.ndarray] = []
 
     def add(self, arr: np.ndarray, as_float: bool = False) -> str:
-        arr = np.asarray(arr)
-        if as_float and arr.dtype != np.float32 and arr.size == 1:
-            arr = arr.astype(np.float32)
-            as_float = False
+        arr = np.asarray(arr)  # a view of a run-time buffer stays a view: its values change per run
         view = arr if arr.shape == self.out.shape else np.broadcast_to(arr, self.out.shape)
         self.arrays.append(view)
         text = "{" + str(len(self.arrays) - 1) + "}"
