@@ -27,6 +27,7 @@ PARAMETER_INPUTS = {
     "Pad": {1, 2, 3}, "OneHot": {1}, "ReduceSum": {1}, "ReduceMean": {1}, "ReduceMax": {1},
     "ReduceMin": {1}, "ReduceProd": {1}, "ReduceSumSquare": {1}, "ReduceL1": {1}, "ReduceL2": {1},
     "ReduceLogSumExp": {1},
+    "QLinearMatMul": {1, 2, 4, 5, 6, 7},  # quantisation parameters are constants in quantised exports
 }
 
 # Cases outside what sparsejit supports, each with the reason.
