@@ -4,8 +4,9 @@
     python -m bench.compare --rows bert-b1 --threads 1 --seconds 10
     python -m bench.compare --compile-time        # cold and warm compile of BERT-base
 
-onnxruntime runs with ORT_ENABLE_ALL and the same intra_op_num_threads. Reports medians (noisy,
-shared machines) and the throughput ratio sparsejit / onnxruntime.
+onnxruntime runs with ORT_ENABLE_ALL and the same intra_op_num_threads. The engines alternate in
+blocks of about a second (see `measure`). Reports medians (noisy, shared machines) and the throughput
+ratio sparsejit / onnxruntime.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def full_inputs(directory: Path, batch: int, seq: int) -> dict[str, np.ndarray]:
     return feed
 
 
-def measure(row: Row, threads: int, seconds: float) -> dict[str, float | str | int]:
+def measure(row: Row, threads: int, seconds: float, block_seconds: float = 1.0) -> dict[str, float | str | int]:
     import onnxruntime as ort
 
     import sparsejit
@@ -72,13 +73,21 @@ def measure(row: Row, threads: int, seconds: float) -> dict[str, float | str | i
     for fn in runners.values():  # warm-up
         fn()
         fn()
+    # Engines alternate in blocks of about a second, the first run of each block discarded: back-to-back
+    # single runs would let one engine's spinning worker threads (onnxruntime spins after a run by
+    # default; TBB briefly too) steal the cores from the other's next run.
     times: dict[str, list[float]] = {k: [] for k in runners}
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or min(len(v) for v in times.values()) < 5:
         for name, fn in runners.items():
-            start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
+            block_end = time.perf_counter() + block_seconds
+            while True:
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+                if start > block_end:
+                    break
     result: dict[str, float | str | int] = {"row": row.name, "threads": threads}
     for name, samples in times.items():
         med = float(np.median(samples))
