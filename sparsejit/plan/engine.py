@@ -71,6 +71,18 @@ class Engine:
                 shapes = self._bucket_shapes(bucket)
                 self._plans[bucket] = self._make_plan(shapes)
         self._output_roles = self._find_output_roles(graph)
+        self._release_packed_weights()
+
+    def _release_packed_weights(self) -> None:
+        """Every bucket is compiled: weights kept in a packed or compressed form need no fp32 copy."""
+        released = set()
+        for key, value in self._weight_cache.items():
+            if isinstance(key, tuple) and key[0] == "weight_kernels":
+                value.release_weight()
+                released.add(key[1])
+        for graph in [self._graph] + [plan.graph for plan in self._plans.values()]:
+            for name in released:
+                graph.initializers.pop(name, None)
 
     def _make_plan(self, shapes: dict[str, tuple[int, ...]]) -> Plan:
         graph = specialise(self._graph, shapes)

@@ -103,6 +103,13 @@ class WeightKernels:
         self._digest: str | None = None
         self.decisions: dict[tuple[int, str | None], dict[str, Any]] = {}
 
+    def release_weight(self) -> None:
+        """Drop the fp32 weight once every bucket has its kernel: only the chosen forms stay."""
+        for name in list(self._forms):
+            if name not in self._chosen:
+                del self._forms[name]
+        self.weight = None
+
     # ---- forms --------------------------------------------------------------------------------
     def _form(self, name: str) -> Any:
         form = self._forms.get(name)
