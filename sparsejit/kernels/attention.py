@@ -31,7 +31,7 @@ def _source(d: int) -> str:
              "    batch, sq, width = q.shape",
              "    sk = k.shape[1]",
              f"    d = {d}",
-             "    skp = (sk + 15) // 16 * 16",
+             "    skp = (sk + 31) // 32 * 32",
              "    qf = q.reshape(-1)",
              "    kf = k.reshape(-1)",
              "    vf = v.reshape(-1)",
@@ -52,16 +52,21 @@ def _source(d: int) -> str:
              "        vscale = vbroadcast(scale)",
              f"        for i0 in range(0, sq, {_ROWS}):",
              f"            rows = min({_ROWS}, sq - i0)",
-             "            for jb in range(0, skp, 16):"]
+             "            for jb in range(0, skp, 32):"]
     for r in range(_ROWS):
         lines.append(f"                a{r} = vzero()")
+        lines.append(f"                b{r} = vzero()")
     lines.append("                for e in range(d):")
     lines.append("                    kv = vload(kt, e * skp + jb)")
+    lines.append("                    kw = vload(kt, e * skp + jb + 16)")
     for r in range(_ROWS):
         row = f"(bi * sq + min(i0 + {r}, sq - 1)) * width + off + e"
-        lines.append(f"                    a{r} = vfma(vload_bcast(qf, {row}), kv, a{r})")
+        lines.append(f"                    qb = vload_bcast(qf, {row})")
+        lines.append(f"                    a{r} = vfma(qb, kv, a{r})")
+        lines.append(f"                    b{r} = vfma(qb, kw, b{r})")
     for r in range(_ROWS):
         lines.append(f"                vstore(sc, {r} * skp + jb, vmul(a{r}, vscale))")
+        lines.append(f"                vstore(sc, {r} * skp + jb + 16, vmul(b{r}, vscale))")
     lines += [
         "            for r in range(rows):",
         "                i = i0 + r",
@@ -75,11 +80,10 @@ def _source(d: int) -> str:
         "                for jb in range(0, skp, 16):",
         "                    vm = vmax(vm, vload(sc, row + jb))",
         "                m = _hmax(vm, True)",
-        "                obase = (bi * sq + i) * width + off",
-        "                if m == -np.inf or m != m:",
-        "                    fill = np.float32(0.0) if nan_to_zero else np.float32(np.nan)",
-        "                    for e in range(d):",
-        "                        of[obase + e] = fill",
+        "                if m == -np.inf or m != m:  # every key masked: the row is 0 (or NaN, as ONNX)",
+        "                    vfill = vbroadcast(np.float32(0.0) if nan_to_zero else np.float32(np.nan))",
+        "                    for jb in range(0, skp, 16):",
+        "                        vstore(sc, row + jb, vfill)",
         "                    continue",
         "                vmb = vbroadcast(m)",
         "                vs = vzero()",
@@ -88,15 +92,27 @@ def _source(d: int) -> str:
         "                    vstore(sc, row + jb, ev)",
         "                    vs = vadd(vs, ev)",
         "                inv = vbroadcast(np.float32(1.0) / vhsum(vs))",
+        "                for jb in range(0, skp, 16):",
+        "                    vstore(sc, row + jb, vmul(vload(sc, row + jb), inv))",
     ]
-    for c in range(nv):
-        lines.append(f"                o{c} = vzero()")
+    # P @ V for the whole row block: each V load serves every row of the block
+    pv_rows = _ROWS if nv <= 4 else max(1, 16 // nv)
+    lines.append(f"            for r0 in range(0, rows, {pv_rows}):")
+    for r in range(pv_rows):
+        for c in range(nv):
+            lines.append(f"                o{r}_{c} = vzero()")
     lines.append("                for j in range(sk):")
-    lines.append("                    p = vload_bcast(sc, row + j)")
     for c in range(nv):
-        lines.append(f"                    o{c} = vfma(p, vload(vh, j * d + {16 * c}), o{c})")
-    for c in range(nv):
-        lines.append(f"                vstore(of, obase + {16 * c}, vmul(o{c}, inv))")
+        lines.append(f"                    w{c} = vload(vh, j * d + {16 * c})")
+    for r in range(pv_rows):
+        lines.append(f"                    p{r} = vload_bcast(sc, min(r0 + {r}, rows - 1) * skp + j)")
+        for c in range(nv):
+            lines.append(f"                    o{r}_{c} = vfma(p{r}, w{c}, o{r}_{c})")
+    for r in range(pv_rows):
+        lines.append(f"                if r0 + {r} < rows:")
+        lines.append(f"                    obase = (bi * sq + i0 + r0 + {r}) * width + off")
+        for c in range(nv):
+            lines.append(f"                    vstore(of, obase + {16 * c}, o{r}_{c})")
     return "\n".join(lines) + "\n"
 
 
