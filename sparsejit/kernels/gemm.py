@@ -274,6 +274,50 @@ def _flat_f32(x: np.ndarray, name: str) -> np.ndarray:
     return x.reshape(-1)
 
 
+@dataclass(frozen=True)
+class GemmOperands:
+    """Flat float32 operands of out = act(a @ W + bias) + residual, validated (see `gemm_operands`)."""
+
+    m: int
+    a: np.ndarray
+    out: np.ndarray
+    bias: np.ndarray
+    res: np.ndarray
+    has_bias: bool
+    has_res: bool
+
+
+def gemm_operands(a: np.ndarray, k: int, n: int, out: np.ndarray, bias: np.ndarray | None,
+                  residual: np.ndarray | None, activation: str | None) -> GemmOperands | None:
+    """Check shapes and flatten the operands every GEMM kernel (dense, sparse) takes; None when the
+    product is empty. A residual aliasing `out` is copied (out is written before it is read)."""
+    _check_activation(activation)
+    if a.shape[-1] != k:
+        raise ValueError(f"a has K={a.shape[-1]}, weight has K={k}")
+    m = a.size // k if k else int(np.prod(a.shape[:-1]))
+    if out.shape[:-1] != a.shape[:-1] or out.shape[-1] != n:
+        raise ValueError(f"out shape {out.shape} does not match a {a.shape} @ [{k}, {n}]")
+    a_f = _flat_f32(np.ascontiguousarray(a, dtype=np.float32), "a")
+    out_f = _flat_f32(out, "out")
+    if m == 0 or n == 0:
+        return None
+    bias_f = _EMPTY
+    if bias is not None:
+        if bias.size != n:
+            raise ValueError(f"bias has {bias.size} elements, expected {n}")
+        bias_f = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+    res_f = _EMPTY
+    if residual is not None:
+        if residual.size != m * n:
+            raise ValueError(f"residual has {residual.size} elements, expected {m}x{n}")
+        res_f = np.ascontiguousarray(residual, dtype=np.float32).reshape(-1)
+        if np.may_share_memory(res_f, out_f):
+            res_f = res_f.copy()
+    if np.may_share_memory(a_f, out_f):
+        raise ValueError("a must not overlap out")
+    return GemmOperands(m, a_f, out_f, bias_f, res_f, bias is not None, residual is not None)
+
+
 def gemm(
     a: np.ndarray,
     packed: PackedMatrix,
@@ -289,33 +333,11 @@ def gemm(
     same leading dims; `bias` is [N]. `residual` may alias `out` (it is then copied first); `a` must
     not overlap `out`. K = 0 gives act(bias) + residual.
     """
-    _check_activation(activation)
-    k, n = packed.k, packed.n
-    if a.shape[-1] != k:
-        raise ValueError(f"a has K={a.shape[-1]}, packed weight has K={k}")
-    m = a.size // k if k else int(np.prod(a.shape[:-1]))
-    if out.shape[:-1] != a.shape[:-1] or out.shape[-1] != n:
-        raise ValueError(f"out shape {out.shape} does not match a {a.shape} @ [{k}, {n}]")
-    a_f = _flat_f32(np.ascontiguousarray(a, dtype=np.float32), "a")
-    out_f = _flat_f32(out, "out")
-    if m == 0 or n == 0:
+    ops = gemm_operands(a, packed.k, packed.n, out, bias, residual, activation)
+    if ops is None:
         return
-    has_bias = bias is not None
-    bias_f = _EMPTY
-    if bias is not None:
-        if bias.size != n:
-            raise ValueError(f"bias has {bias.size} elements, expected {n}")
-        bias_f = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
-    has_res = residual is not None
-    res_f = _EMPTY
-    if residual is not None:
-        if residual.size != m * n:
-            raise ValueError(f"residual has {residual.size} elements, expected {m}x{n}")
-        res_f = np.ascontiguousarray(residual, dtype=np.float32).reshape(-1)
-        if np.may_share_memory(res_f, out_f):  # out is written before the epilogue reads res
-            res_f = res_f.copy()
-    if np.may_share_memory(a_f, out_f):
-        raise ValueError("a must not overlap out")
+    k, n, m = packed.k, packed.n, ops.m
+    a_f, out_f, bias_f, res_f, has_bias, has_res = ops.a, ops.out, ops.bias, ops.res, ops.has_bias, ops.has_res
     kernel = _kernel(k, n, mr, packed.nr, activation)
     old = set_parallel_chunksize(1)  # dynamic task hand-out: robust when a core is busy
     try:

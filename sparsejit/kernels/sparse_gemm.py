@@ -21,6 +21,7 @@ of kernels serve every layer, and they go through `codegen.load_generated` (Numb
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from numba import get_num_threads, njit, prange, set_parallel_chunksize, types
 from numba.extending import intrinsic
 
 from sparsejit.kernels.codegen import load_generated
-from sparsejit.kernels.gemm import ACTIVATIONS, _aligned_empty
+from sparsejit.kernels.gemm import _aligned_empty, _check_activation, gemm_operands
 from sparsejit.kernels.simd import _elem_ptr
 from sparsejit.kernels.threading import configure_threading
 
@@ -403,48 +404,15 @@ def warmup(weight: BlockSparse | CscSparse, activation: str | None = None, m: in
         _csc_module(_csc_mv(m), activation)
 
 
-def _check_activation(activation: str | None) -> None:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unsupported activation {activation!r}; expected one of {ACTIVATIONS}")
-
-
-def _flat(x: np.ndarray, name: str) -> np.ndarray:
-    if x.dtype != np.float32 or not x.flags.c_contiguous:
-        raise ValueError(f"{name} must be a C-contiguous float32 array")
-    return x.reshape(-1)
-
-
 def sparse_gemm(a: np.ndarray, weight: BlockSparse | CscSparse, out: np.ndarray,
                 bias: np.ndarray | None = None, activation: str | None = None,
                 residual: np.ndarray | None = None) -> None:
     """out = act(a @ W + bias) + residual for a compressed constant W (same contract as `gemm`)."""
-    _check_activation(activation)
-    k, n = weight.k, weight.n
-    if a.shape[-1] != k:
-        raise ValueError(f"a has K={a.shape[-1]}, weight has K={k}")
-    m = a.size // k if k else int(np.prod(a.shape[:-1]))
-    if out.shape[:-1] != a.shape[:-1] or out.shape[-1] != n:
-        raise ValueError(f"out shape {out.shape} does not match a {a.shape} @ [{k}, {n}]")
-    a_f = _flat(np.ascontiguousarray(a, dtype=np.float32), "a")
-    out_f = _flat(out, "out")
-    if m == 0 or n == 0:
+    ops = gemm_operands(a, weight.k, weight.n, out, bias, residual, activation)
+    if ops is None:
         return
-    has_bias = bias is not None
-    bias_f = _EMPTY
-    if bias is not None:
-        if bias.size != n:
-            raise ValueError(f"bias has {bias.size} elements, expected {n}")
-        bias_f = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
-    has_res = residual is not None
-    res_f = _EMPTY
-    if residual is not None:
-        if residual.size != m * n:
-            raise ValueError(f"residual has {residual.size} elements, expected {m}x{n}")
-        res_f = np.ascontiguousarray(residual, dtype=np.float32).reshape(-1)
-        if np.may_share_memory(res_f, out_f):
-            res_f = res_f.copy()
-    if np.may_share_memory(a_f, out_f):
-        raise ValueError("a must not overlap out")
+    k, n, m = weight.k, weight.n, ops.m
+    a_f, out_f, bias_f, res_f, has_bias, has_res = ops.a, ops.out, ops.bias, ops.res, ops.has_bias, ops.has_res
     if k == 0:
         out_f[:] = 0.0
         if has_bias or has_res or activation is not None:
@@ -478,15 +446,21 @@ def sparse_gemm(a: np.ndarray, weight: BlockSparse | CscSparse, out: np.ndarray,
         set_parallel_chunksize(old)
 
 
+def _numpy_activation(name: str, x: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name == "gelu_tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
 def _finish_dense_zero(out_f: np.ndarray, bias_f: np.ndarray, res_f: np.ndarray, m: int, n: int,
                        has_bias: bool, has_res: bool, activation: str | None) -> None:
     """K = 0: out = act(bias) + residual (rare; plain numpy)."""
-    from sparsejit.graph.fusion import _ACTIVATIONS as ACT_NP
-
     o = out_f.reshape(m, n)
     if has_bias:
         o += bias_f[:n]
     if activation is not None:
-        o[...] = ACT_NP[activation](o.astype(np.float64)).astype(np.float32)
+        o[...] = _numpy_activation(activation, o.astype(np.float64)).astype(np.float32)
     if has_res:
         o += res_f[: m * n].reshape(m, n)
