@@ -1,0 +1,40 @@
+"""Data flows one way (graph, kernels → plan → tasks → serve): lower layers never import upper ones."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "sparsejit"
+FORBIDDEN = {
+    "graph": ("sparsejit.kernels", "sparsejit.plan", "sparsejit.tasks", "sparsejit.serve"),
+    "kernels": ("sparsejit.graph", "sparsejit.plan", "sparsejit.tasks", "sparsejit.serve"),
+    "plan": ("sparsejit.tasks", "sparsejit.serve"),
+    "tasks": ("sparsejit.serve",),
+}
+
+
+def _imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_no_upward_imports(layer: str) -> None:
+    offenders = [f"{path.relative_to(PKG)} imports {name}"
+                 for path in sorted((PKG / layer).rglob("*.py"))
+                 for name in _imports(path) if name.startswith(FORBIDDEN[layer])]
+    assert not offenders, offenders
+
+
+def test_runtime_never_imports_torch_or_transformers() -> None:
+    offenders = [f"{path.relative_to(PKG)} imports {name}" for path in sorted(PKG.rglob("*.py"))
+                 for name in _imports(path) if name.split(".")[0] in ("torch", "transformers")]
+    assert not offenders, offenders
