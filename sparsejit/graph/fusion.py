@@ -12,10 +12,11 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from sparsejit.graph.ir import Graph, Node
+from sparsejit.graph.ir import Graph, Node, Value
 from sparsejit.graph.reference import evaluate
 
 FUSED_DOMAIN = "sparsejit"
@@ -66,37 +67,9 @@ def fuse_matmul_epilogues(graph: Graph) -> Graph:
         if (weight is None or weight.ndim != 2 or weight.dtype != np.float32 or a_info is None
                 or a_info.dtype != np.float32 or len(a_info.shape) < 2):
             continue
-        n_cols = weight.shape[1]
-        chain = [node]
-        y = node.outputs[0]
-        bias = residual = ""
-        activation = None
-
-        nxt = uses.sole_consumer(y)
-        if nxt is not None and nxt.op_type == "Add" and not nxt.domain:
-            other = nxt.inputs[1] if nxt.inputs[0] == y else nxt.inputs[0]
-            value = graph.initializers.get(other)
-            if value is not None and value.size == n_cols and value.shape[-1:] == (n_cols,):
-                bias = f"{node.name}/bias"
-                graph.initializers[bias] = np.array(value.reshape(n_cols), dtype=np.float32)  # writable copy
-                chain.append(nxt)
-                y = nxt.outputs[0]
-
-        found = _match_activation(graph, uses, index[id(chain[-1])], y)
-        if found is not None:
-            activation, act_nodes = found
-            chain.extend(act_nodes)
-            y = act_nodes[-1].outputs[0]
-
-        nxt = uses.sole_consumer(y)
-        if nxt is not None and nxt.op_type == "Add" and not nxt.domain and nxt.inputs[0] != nxt.inputs[1]:
-            other = nxt.inputs[1] if nxt.inputs[0] == y else nxt.inputs[0]
-            info = graph.value_info.get(other)
-            if (other not in graph.initializers and info is not None and info.dtype == np.float32
-                    and tuple(info.shape) == tuple(graph.value_info[y].shape)):
-                residual = other
-                chain.append(nxt)
-                y = nxt.outputs[0]
+        epilogue = match_epilogue(graph, uses, index, node, weight.shape[1])
+        chain = [node, *epilogue.nodes]
+        bias, activation, residual, y = epilogue.bias, epilogue.activation, epilogue.residual, epilogue.output
 
         if len(chain) == 1:
             continue
@@ -106,6 +79,50 @@ def fuse_matmul_epilogues(graph: Graph) -> Graph:
         for member in chain:
             replaced[id(member)] = fused if member is last else None
     return _rebuild(graph, replaced)
+
+
+@dataclass
+class Epilogue:
+    """What follows a matrix product and can run in its epilogue: bias, activation, residual."""
+
+    nodes: list[Node]
+    output: str
+    bias: str = ""
+    activation: str | None = None
+    residual: str = ""
+
+
+def match_epilogue(graph: Graph, uses: _Uses, index: dict[int, int], product: Node, n_cols: int) -> Epilogue:
+    """Bias Add (constant [N], stored as a new writable [N] initializer), then an activation recognised
+    numerically, then a residual Add of a same-shaped float32 tensor — each optional, in that order."""
+    found = Epilogue([], product.outputs[0])
+    nxt = uses.sole_consumer(found.output)
+    if nxt is not None and nxt.op_type == "Add" and not nxt.domain:
+        other = nxt.inputs[1] if nxt.inputs[0] == found.output else nxt.inputs[0]
+        value = graph.initializers.get(other)
+        if (value is not None and value.size == n_cols and value.shape[-1:] == (n_cols,)
+                and value.dtype == np.float32):
+            found.bias = f"{product.name}/bias"
+            graph.initializers[found.bias] = np.array(value.reshape(n_cols), dtype=np.float32)  # writable copy
+            graph.value_info[found.bias] = Value(found.bias, np.dtype(np.float32), (n_cols,))
+            found.nodes.append(nxt)
+            found.output = nxt.outputs[0]
+    last = found.nodes[-1] if found.nodes else product
+    act = _match_activation(graph, uses, index[id(last)], found.output)
+    if act is not None:
+        found.activation, act_nodes = act
+        found.nodes.extend(act_nodes)
+        found.output = act_nodes[-1].outputs[0]
+    nxt = uses.sole_consumer(found.output)
+    if nxt is not None and nxt.op_type == "Add" and not nxt.domain and nxt.inputs[0] != nxt.inputs[1]:
+        other = nxt.inputs[1] if nxt.inputs[0] == found.output else nxt.inputs[0]
+        info = graph.value_info.get(other)
+        if (other not in graph.initializers and info is not None and info.dtype == np.float32
+                and tuple(info.shape) == tuple(graph.value_info[found.output].shape)):
+            found.residual = other
+            found.nodes.append(nxt)
+            found.output = nxt.outputs[0]
+    return found
 
 
 def _match_activation(graph: Graph, uses: _Uses, start: int, y: str) -> tuple[str, list[Node]] | None:

@@ -21,7 +21,7 @@ import weakref
 
 import numpy as np
 
-from sparsejit.graph.fusion import _match_activation, _Uses
+from sparsejit.graph.fusion import _Uses, match_epilogue
 from sparsejit.graph.ir import Graph, Node, Value
 from sparsejit.graph.quant_ops import MS_DOMAIN, QuantSource, int8_source, matmulnbits_weight
 
@@ -183,35 +183,9 @@ def _fuse_epilogues(graph: Graph) -> None:
     for node in graph.nodes:
         if node.op_type != "QMatMul" or node.domain != DOMAIN or id(node) in replaced:
             continue
-        n_cols = graph.initializers[node.inputs[1]].shape[1]
-        chain: list[Node] = []
-        y = node.outputs[0]
-        bias = residual = ""
-        activation = None
-        nxt = uses.sole_consumer(y)
-        if nxt is not None and nxt.op_type == "Add" and not nxt.domain:
-            other = nxt.inputs[1] if nxt.inputs[0] == y else nxt.inputs[0]
-            value = graph.initializers.get(other)
-            if value is not None and value.size == n_cols and value.shape[-1:] == (n_cols,) \
-                    and value.dtype == np.float32:
-                bias = _add_const(graph, f"{node.name}/bias", np.array(value.reshape(n_cols), dtype=np.float32))
-                chain.append(nxt)
-                y = nxt.outputs[0]
-        last = chain[-1] if chain else node
-        found = _match_activation(graph, uses, index[id(last)], y)
-        if found is not None:
-            activation, act_nodes = found
-            chain.extend(act_nodes)
-            y = act_nodes[-1].outputs[0]
-        nxt = uses.sole_consumer(y)
-        if nxt is not None and nxt.op_type == "Add" and not nxt.domain and nxt.inputs[0] != nxt.inputs[1]:
-            other = nxt.inputs[1] if nxt.inputs[0] == y else nxt.inputs[0]
-            info = graph.value_info.get(other)
-            if (other not in graph.initializers and info is not None and info.dtype == np.float32
-                    and tuple(info.shape) == tuple(graph.value_info[y].shape)):
-                residual = other
-                chain.append(nxt)
-                y = nxt.outputs[0]
+        epilogue = match_epilogue(graph, uses, index, node, graph.initializers[node.inputs[1]].shape[1])
+        chain = epilogue.nodes
+        bias, activation, residual, y = epilogue.bias, epilogue.activation, epilogue.residual, epilogue.output
         if not chain:
             continue
         inputs = list(node.inputs[:4]) + [bias, residual]
