@@ -36,6 +36,7 @@ from numba import get_num_threads, njit, set_parallel_chunksize
 from sparsejit.kernels.codegen import load_generated
 from sparsejit.kernels.simd import vbroadcast, verf, vfma, vmax, vmul, vtanh, vzero
 from sparsejit.kernels.threading import configure_threading
+from sparsejit.kernels.tiles import fma_tile, masked_store_tile, zero_tile
 
 __all__ = ["ACTIVATIONS", "PackedMatrix", "pack_b", "gemm", "matmul", "warmup", "DEFAULT_TILE"]
 
@@ -161,16 +162,11 @@ def _gen_gemm_source(k: int, n: int, mr: int, nr: int, act: str | None) -> str:
     for r in range(mr):
         emit(f"    ao{r} = min(i0 + {r}, M - 1) * K")
     emit("    bo = p * (K * NR)")
-    for r in range(mr):
-        for v in range(nv):
-            emit(f"    c{r}_{v} = vzero()")
+    L.extend(zero_tile(mr, nv, "    "))
     emit("    for k in range(K):")
     for v in range(nv):
         emit(f"        b{v} = vload_a(bp, bo + {16 * v})")
-    for r in range(mr):
-        emit(f"        a{r} = vload_bcast(a, ao{r} + k)")
-        for v in range(nv):
-            emit(f"        c{r}_{v} = vfma(a{r}, b{v}, c{r}_{v})")
+    L.extend(fma_tile(mr, nv, "        "))
     emit("        bo += NR")
     emit("    co = i0 * N + p * NR")
 
@@ -379,25 +375,14 @@ def _gen_matmul_source() -> str:
         emit(f"    ao{r} = ab + min(i0 + {r}, M - 1) * K")
     for v in range(nv):
         emit(f"    m{v} = max(0, min(16, N - j0 - {16 * v}))")
-    for r in range(mr):
-        for v in range(nv):
-            emit(f"    c{r}_{v} = vzero()")
+    L.extend(zero_tile(mr, nv, "    "))
     emit("    bo = bb + j0")
     emit("    for k in range(K):")
     for v in range(nv):
         emit(f"        b{v} = vload_mask(b, bo + {16 * v}, m{v})")
-    for r in range(mr):
-        emit(f"        a{r} = vload_bcast(a, ao{r} + k)")
-        for v in range(nv):
-            emit(f"        c{r}_{v} = vfma(a{r}, b{v}, c{r}_{v})")
+    L.extend(fma_tile(mr, nv, "        "))
     emit("        bo += N")
-    for r in range(mr):
-        ind = "    "
-        if r:
-            emit(f"    if nrows > {r}:")
-            ind = "        "
-        for v in range(nv):
-            emit(f"{ind}vstore_mask(out, ob + (i0 + {r}) * N + j0 + {16 * v}, c{r}_{v}, m{v})")
+    L.extend(masked_store_tile(mr, nv, lambda r, v: f"ob + (i0 + {r}) * N + j0 + {16 * v}", "    "))
     emit("")
     sig = "void(float32[::1], float32[::1], float32[::1], int64, int64, int64, int64)"
     emit(f'@njit("{sig}", parallel=True, cache=True)')

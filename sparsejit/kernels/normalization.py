@@ -104,15 +104,21 @@ def layer_norm_rows_f32(x, scale, bias, eps, out):  # pragma: no cover - compile
             of[base + j] = (xf[base + j] - mean) * inv * scale[j] + bias[j]
 
 
+@njit(inline="always", cache=True)
+def _row_max(x, r):  # pragma: no cover - compiled
+    m = x[r, 0]
+    for j in range(1, x.shape[1]):
+        if x[r, j] > m:
+            m = x[r, j]
+    return m
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def softmax_rows(x, out):  # pragma: no cover - compiled
     """out[r, :] = softmax(x[r, :]) for a 2-D view."""
     rows, n = x.shape
     for r in prange(rows):
-        m = x[r, 0]
-        for j in range(1, n):
-            if x[r, j] > m:
-                m = x[r, j]
+        m = _row_max(x, r)
         s = 0.0
         for j in range(n):
             e = math.exp(x[r, j] - m)
@@ -127,10 +133,7 @@ def softmax_rows(x, out):  # pragma: no cover - compiled
 def log_softmax_rows(x, out):  # pragma: no cover - compiled
     rows, n = x.shape
     for r in prange(rows):
-        m = x[r, 0]
-        for j in range(1, n):
-            if x[r, j] > m:
-                m = x[r, j]
+        m = _row_max(x, r)
         s = 0.0
         for j in range(n):
             s += math.exp(x[r, j] - m)

@@ -37,6 +37,7 @@ from sparsejit.kernels.codegen import load_generated
 from sparsejit.kernels.gemm import _aligned_empty, _check_activation, gemm_operands
 from sparsejit.kernels.simd import _elem_ptr
 from sparsejit.kernels.threading import configure_threading
+from sparsejit.kernels.tiles import fma_tile, masked_store_tile, zero_tile
 
 __all__ = ["BlockSparse", "CscSparse", "BLOCK_WIDTHS", "block_sparse", "csc_sparse", "sparse_gemm",
            "iload"]
@@ -211,28 +212,17 @@ def _gen_block_source(bw: int, mr: int, act: str | None) -> str:
     emit("def _micro(a, vals, rows, p0, p1, out, i0, nrows, c0, width, M, K, N):")
     for r in range(mr):
         emit(f"    ao{r} = min(i0 + {r}, M - 1) * K")
-    for r in range(mr):
-        for v in range(nv):
-            emit(f"    c{r}_{v} = vzero()")
+    L.extend(zero_tile(mr, nv, "    "))
     emit("    for j in range(p0, p1):")
     emit("        k = iload(rows, j)")
     emit("        vo = j * BW")
     for v in range(nv):
         emit(f"        b{v} = vload_a(vals, vo + {16 * v})")
-    for r in range(mr):
-        emit(f"        a{r} = vload_bcast(a, ao{r} + k)")
-        for v in range(nv):
-            emit(f"        c{r}_{v} = vfma(a{r}, b{v}, c{r}_{v})")
+    L.extend(fma_tile(mr, nv, "        "))
     for v in range(nv):
         emit(f"    m{v} = max(0, min(16, width - {16 * v}))")
     emit("    co = i0 * N + c0")
-    for r in range(mr):
-        ind = "    "
-        if r:
-            emit(f"    if nrows > {r}:")
-            ind = "        "
-        for v in range(nv):
-            emit(f"{ind}vstore_mask(out, co + {r} * N + {16 * v}, c{r}_{v}, m{v})")
+    L.extend(masked_store_tile(mr, nv, lambda r, v: f"co + {r} * N + {16 * v}", "    "))
     emit("")
     L += _epilogue_source(act)
     sig = ("void(float32[::1], float32[::1], int32[::1], int64[::1], float32[::1], float32[::1], "
