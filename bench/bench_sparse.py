@@ -1,14 +1,15 @@
 """Pruned BERT-base in sparsejit vs the dense model in onnxruntime (fp32), BERT-base shapes.
 
     python -m bench.bench_sparse [--threads 2] [--seconds 5] [--sparsity 0.9]
-                                 [--structures unstructured,1x32] [--configs 1x128,16x128,16x384]
+                                 [--structures unstructured,1x32,4x16+int8] [--configs 1x128,16x128,16x384]
 
 The dense model is tests/zoo.py `random_encoder("bert-base")` (real BERT-base shape, random weights);
 each pruned model is made from it by `sparsejit.sparsify` (magnitude, per layer, embeddings and heads
-kept dense) and cached under ``~/.cache/sparsejit/bench-models``. Rows: onnxruntime dense fp32
-(ORT_ENABLE_ALL, intra-op threads = --threads), sparsejit dense, and sparsejit on each pruned model,
-for each batch x sequence config; median latency over interleaved runs, and the speed-up over
-onnxruntime dense. Also prints which kernel the load-time timing chose for the pruned weights.
+kept dense; "+int8": then int8 by onnxruntime's quantize_dynamic) and cached under
+``~/.cache/sparsejit/bench-models``. Rows: onnxruntime dense fp32 (ORT_ENABLE_ALL, intra-op threads =
+--threads), sparsejit dense, and sparsejit on each pruned model, for each batch x sequence config;
+median latency, engines alternating in ~1 s blocks, and the speed-up over onnxruntime dense. Also
+prints which kernel the load-time timing chose for the pruned weights.
 """
 
 from __future__ import annotations
@@ -33,14 +34,16 @@ def _model_dir() -> Path:
 
 
 def pruned_bert(structure: str, sparsity: float) -> Path:
-    """BERT-base pruned by sparsify (built once, cached)."""
+    """BERT-base pruned by sparsify (built once, cached). ``"4x16+int8"``: then int8 by quantize_dynamic."""
     from sparsejit.sparsify import sparsify
     from tests import zoo
 
-    out = _model_dir() / f"bert-base-{structure}-{int(round(sparsity * 100))}" / "model.onnx"
+    shape, _, quant = structure.partition("+")
+    out = _model_dir() / f"bert-base-{shape}-{int(round(sparsity * 100))}{'-int8' if quant else ''}" / "model.onnx"
     if not out.is_file():
         tmp = out.with_name("model.tmp.onnx")
-        sparsify(zoo.random_encoder("bert-base"), tmp, sparsity=sparsity, structure=structure)
+        sparsify(zoo.random_encoder("bert-base"), tmp, sparsity=sparsity, structure=shape,
+                 quantize="dynamic" if quant else False)
         os.replace(tmp, out)
     return out
 
@@ -76,12 +79,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row and config")
     parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--structures", default="unstructured,1x32")
+    parser.add_argument("--structures", default="unstructured,1x32,4x16+int8",
+                        help="sparsify structures; +int8 adds int8 (quantize_dynamic) after pruning")
     parser.add_argument("--configs", default="1x128,16x128,16x384", help="batch x sequence, comma-separated")
     parser.add_argument("--no-sparsejit-dense", action="store_true", help="skip the sparsejit dense row")
     args = parser.parse_args(argv)
 
     import sparsejit
+    from bench.compare import alternate_blocks
     from tests import zoo
 
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
@@ -117,15 +122,9 @@ def main(argv: list[str] | None = None) -> None:
         for label in models:
             eng = engines[(label, b)]
             runners[label] = lambda e=eng, f=feed: e.run(f)  # type: ignore[attr-defined]
-        times: dict[str, list[float]] = {k: [] for k in runners}
         for fn in runners.values():
             fn()
-        end = time.perf_counter() + args.seconds * len(runners)
-        while time.perf_counter() < end or min(len(t) for t in times.values()) < 3:
-            for k, fn in runners.items():  # interleaved, so load on the machine hits every engine alike
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
+        times = alternate_blocks(runners, args.seconds * len(runners), min_runs=3)
         base = statistics.median(times["onnxruntime dense fp32"])
         for k, t in times.items():
             med = statistics.median(t)

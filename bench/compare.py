@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,29 @@ def full_inputs(directory: Path, batch: int, seq: int) -> dict[str, np.ndarray]:
     return feed
 
 
+def alternate_blocks(runners: dict[str, Callable[[], object]], seconds: float, block_seconds: float = 1.0,
+                     min_runs: int = 5) -> dict[str, list[float]]:
+    """Seconds per run of each runner, the runners alternating in blocks of about `block_seconds`.
+
+    The first run of each block is discarded: back-to-back single runs would let one engine's spinning
+    worker threads (onnxruntime spins after a run by default; TBB briefly too) steal the cores from the
+    other's next run.
+    """
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or min(len(v) for v in times.values()) < min_runs:
+        for name, fn in runners.items():
+            fn()
+            block_end = time.perf_counter() + block_seconds
+            while True:
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+                if start > block_end:
+                    break
+    return times
+
+
 def measure(row: Row, threads: int, seconds: float, block_seconds: float = 1.0) -> dict[str, float | str | int]:
     import onnxruntime as ort
 
@@ -73,21 +97,7 @@ def measure(row: Row, threads: int, seconds: float, block_seconds: float = 1.0) 
     for fn in runners.values():  # warm-up
         fn()
         fn()
-    # Engines alternate in blocks of about a second, the first run of each block discarded: back-to-back
-    # single runs would let one engine's spinning worker threads (onnxruntime spins after a run by
-    # default; TBB briefly too) steal the cores from the other's next run.
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or min(len(v) for v in times.values()) < 5:
-        for name, fn in runners.items():
-            fn()
-            block_end = time.perf_counter() + block_seconds
-            while True:
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-                if start > block_end:
-                    break
+    times = alternate_blocks(runners, seconds, block_seconds)
     result: dict[str, float | str | int] = {"row": row.name, "threads": threads}
     for name, samples in times.items():
         med = float(np.median(samples))

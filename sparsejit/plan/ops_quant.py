@@ -35,6 +35,7 @@ from sparsejit.kernels.gemm_int8 import (
 )
 from sparsejit.kernels.normalization import softmax
 from sparsejit.plan.lowering import LowerContext, Step, lowers
+from sparsejit.plan.qkernel_choice import QWeightKernels
 
 _QRANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
 _CTOR = {np.dtype(np.uint8): "np.uint8", np.dtype(np.int8): "np.int8"}
@@ -341,7 +342,9 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
     w, ws = ctx.const(w_name), ctx.const(s_name)
     wz = ctx.const(z_name) if z_name else None
     assert w is not None and ws is not None
-    packed = ctx.shared(("packed_int8", w_name, s_name, z_name), lambda: pack_b_int8(w, ws, wz))
+    kernels = ctx.shared(("weight_kernels", w_name, s_name, z_name),
+                         lambda: QWeightKernels(pack_b_int8(w, ws, wz)))
+    packed = kernels.packed
     bias_name = node.inputs[4] if len(node.inputs) > 4 else ""
     bias = pad_columns(ctx.const(bias_name), packed) if bias_name else None
     residual = ctx.operand(node.inputs[5]) if len(node.inputs) > 5 and node.inputs[5] else None
@@ -359,6 +362,7 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
         ctx.arrays[key] = shared  # type: ignore[index]
     rowsum = shared.rowsum if packed.has_zero else None
     x2 = x.reshape(m, packed.k) if x.flags.c_contiguous else None
+    _, kernel = kernels.choose(m, activation)
 
     if mode == "static":
         comp, scale = epilogue_vectors(packed, a_zero, a_scale)
@@ -367,7 +371,7 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
             if first:
                 quantize_rows(x2 if x2 is not None else np.ascontiguousarray(x).reshape(m, -1), shared.aq,
                               a_scale, a_zero, shared.rowsum)
-            qgemm(shared.aq, packed, out, comp, scale, bias, activation, residual, rowsum)
+            kernel(shared.aq, out, comp, scale, bias, residual, rowsum)
 
         return run_static
 
@@ -376,7 +380,7 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
             xc = x2 if x2 is not None else np.ascontiguousarray(x).reshape(m, -1)
             shared.scale, shared.zero = dynamic_params(xc)
             quantize_rows(xc, shared.aq, shared.scale, shared.zero, shared.rowsum)
-        comp, scale = epilogue_vectors(packed, shared.zero, shared.scale)
-        qgemm(shared.aq, packed, out, comp, scale, bias, activation, residual, rowsum)
+        comp, scale = epilogue_vectors(kernels.packed, shared.zero, shared.scale)
+        kernel(shared.aq, out, comp, scale, bias, residual, rowsum)
 
     return run_dynamic

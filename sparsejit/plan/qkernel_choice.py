@@ -1,0 +1,163 @@
+"""Choose the kernel of each int8 weight (`sparsejit::QMatMul`) by timing the candidates at load.
+
+Candidates: the dense VNNI GEMM (`gemm_int8.qgemm`) and, for a symmetric weight (zero point 0, so a
+pruned entry is exactly 0) at least `MIN_SPARSITY` sparse, the 4 x BW block-sparse VNNI kernels
+(`sparse_gemm_int8`) whose block density leaves them a chance. Each is run on the layer's real row
+count and the fastest wins, as for fp32 weights (`kernel_choice`); decisions share its disk cache.
+
+`SPARSEJIT_QMATMUL_KERNEL` = auto (default) | dense | qblock16 | qblock32 | qblock64 forces a choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numba import get_num_threads
+
+from sparsejit.graph.sparsity import block_density
+from sparsejit.kernels import sparse_gemm_int8 as sq
+from sparsejit.kernels.codegen import kernel_dir
+from sparsejit.kernels.gemm_int8 import PackedInt8, epilogue_vectors, pad_columns, qgemm
+from sparsejit.plan.kernel_choice import (
+    MAX_BLOCK_DENSITY,
+    MAX_TIMED_ROWS,
+    MIN_SPARSITY,
+    TIME_BUDGET_S,
+    _read_decision,
+    _write_decision,
+)
+
+__all__ = ["QWeightKernels", "QKernel", "ENV_QPOLICY"]
+
+ENV_QPOLICY = "SPARSEJIT_QMATMUL_KERNEL"
+_POLICIES = ("auto", "dense") + tuple(f"qblock{bw}" for bw in sq.INT8_BLOCK_WIDTHS)
+_SRC_HASH = hashlib.sha1(b"".join(p.read_bytes() for p in (
+    Path(__file__), Path(sq.__file__), Path(sq.__file__).with_name("gemm_int8.py")))).hexdigest()[:12]
+
+# kernel(a_q, out, comp, scale, bias, residual, rowsum): float32 out = act(dequant(a_q @ W) + bias) + res
+QKernel = Callable[..., None]
+
+
+def _policy() -> str:
+    value = os.environ.get(ENV_QPOLICY, "auto").strip().lower() or "auto"
+    if value not in _POLICIES:
+        raise ValueError(f"{ENV_QPOLICY}={value!r}: expected one of {_POLICIES}")
+    return value
+
+
+class QWeightKernels:
+    """The kernels of one packed int8 weight, shared by every bucket (one M each) that uses it."""
+
+    def __init__(self, packed: PackedInt8) -> None:
+        self.packed = packed
+        self._w: np.ndarray | None = None
+        self.sparsity = 0.0
+        if not packed.has_zero:
+            self._w = packed.unpack().astype(np.int8)
+            self.sparsity = float(1.0 - np.count_nonzero(self._w) / max(1, self._w.size))
+        self._forms: dict[str, Any] = {"dense": packed}
+        self._chosen: set[str] = set()
+        self._digest: str | None = None
+        self.decisions: dict[tuple[int, str | None], dict[str, Any]] = {}
+
+    def candidates(self) -> list[str]:
+        policy = _policy()
+        if self._w is None:  # an asymmetric weight: its zero entries are not zero products
+            return ["dense"]
+        if policy != "auto":
+            return [policy]
+        if self.sparsity < MIN_SPARSITY:
+            return ["dense"]
+        return ["dense"] + [f"qblock{bw}" for bw in sq.INT8_BLOCK_WIDTHS
+                            if block_density(self._w, (4, bw)) <= MAX_BLOCK_DENSITY]
+
+    def _form(self, name: str) -> Any:
+        form = self._forms.get(name)
+        if form is None:
+            assert self._w is not None, "the weight was released before every bucket chose its kernel"
+            form = sq.block_sparse_int8(self._w, int(name[len("qblock"):]))
+            self._forms[name] = form
+        return form
+
+    def _kernel(self, name: str, activation: str | None) -> QKernel:
+        form = self._form(name)
+        if name == "dense":
+            def dense(a_q, out, comp, scale, bias=None, residual=None, rowsum=None):  # type: ignore[no-untyped-def]
+                qgemm(a_q, form, out, comp, scale, bias, activation, residual, rowsum)
+            return dense
+
+        def block(a_q, out, comp, scale, bias=None, residual=None, rowsum=None):  # type: ignore[no-untyped-def]
+            sq.block_qgemm(a_q, form, out, comp, scale, bias, activation, residual)
+        return block
+
+    def choose(self, m: int, activation: str | None) -> tuple[str, QKernel]:
+        """(name, kernel) of the fastest kernel for M rows (timed once, cached in memory and on disk)."""
+        names = self.candidates()
+        if len(names) == 1:
+            chosen = names[0]
+        else:
+            key = self._cache_key(m, activation, names)
+            record = _read_decision(key)
+            if record is None or record.get("kernel") not in names:
+                times = self._time(names, m, activation)
+                record = {"kernel": min(times, key=times.__getitem__), "times": times, "m": m,
+                          "shape": [self.packed.k, self.packed.n], "activation": activation,
+                          "sparsity": self.sparsity, "int8": True}
+                _write_decision(key, record)
+            self.decisions[(m, activation)] = record
+            chosen = record["kernel"]
+        self._chosen.add(chosen)
+        kernel = self._kernel(chosen, activation)
+        self._forms = {n: f for n, f in self._forms.items() if n in self._chosen or n == "dense"}
+        return chosen, kernel
+
+    def release_weight(self) -> None:
+        """Every bucket has its kernel: keep only the chosen forms (no dense copy of a weight run sparse)."""
+        for name in list(self._forms):
+            if name not in self._chosen and name != "dense":
+                del self._forms[name]
+        if "dense" not in self._chosen and self._chosen:
+            # the epilogue vectors still need colsum/scale/zero, not the packed bytes
+            self.packed = dataclasses.replace(self.packed, data=np.zeros(64, np.int8))
+            del self._forms["dense"]
+        self._w = None
+
+    def _time(self, names: list[str], m: int, activation: str | None) -> dict[str, float]:
+        p = self.packed
+        rows = max(1, min(m, MAX_TIMED_ROWS))
+        rng = np.random.default_rng(0)
+        a_q = rng.integers(0, 256, size=(rows, p.kp), dtype=np.uint8)
+        out = np.empty((rows, p.n), dtype=np.float32)
+        comp, scale = epilogue_vectors(p, 128, 0.01)
+        bias = pad_columns(np.zeros(p.n, np.float32), p)
+        kernels = {name: self._kernel(name, activation) for name in names}
+        best: dict[str, float] = {}
+        for name, kern in kernels.items():
+            kern(a_q, out, comp, scale, bias)  # compile / load, warm caches
+            t0 = time.perf_counter()
+            kern(a_q, out, comp, scale, bias)
+            best[name] = time.perf_counter() - t0
+        rounds = int(min(30, max(1, TIME_BUDGET_S / max(1e-7, min(best.values())))))
+        for _ in range(rounds):  # interleaved, so a burst of load on the machine hits every candidate
+            for name, kern in kernels.items():
+                if best[name] > 3 * min(best.values()):
+                    continue
+                t0 = time.perf_counter()
+                kern(a_q, out, comp, scale, bias)
+                best[name] = min(best[name], time.perf_counter() - t0)
+        return best
+
+    def _cache_key(self, m: int, activation: str | None, names: list[str]) -> str:
+        if self._digest is None:
+            assert self._w is not None
+            self._digest = hashlib.blake2b(self._w.view(np.uint8).reshape(-1), digest_size=16).hexdigest()
+        parts = ["int8", self._digest, str(self._w.shape if self._w is not None else ""), str(m), str(activation),
+                 kernel_dir().name, str(get_num_threads()), _SRC_HASH, ",".join(names)]
+        return hashlib.sha1("|".join(parts).encode()).hexdigest()
