@@ -1,8 +1,9 @@
 """Fused multi-head attention over projections in their own [batch, seq, heads*head_size] layout.
 
 One task per (batch, head): Kᵀ and V of the head are packed once into zero-padded panels, then
-blocks of four query rows get their scores (explicit 16-lane FMAs, four rows sharing each Kᵀ load),
-the additive bias row (masks, position biases), softmax and the weighted sum of V. Scores exist one
+blocks of eight query rows get their scores (explicit 16-lane FMAs, eight rows sharing each Kᵀ load),
+the additive bias row (masks, position biases), the softmax numerator exp(s - max) and the weighted
+sum of V; the 1 / sum of the softmax is applied to the output row, not to every probability. Scores exist one
 row block at a time, never as a [batch, heads, seq, seq] tensor. The kernel is generated per head
 size (its accumulators are unrolled) and cached like every generated kernel.
 """
@@ -13,16 +14,18 @@ import numpy as np
 
 from sparsejit.kernels.codegen import load_generated
 
-_ROWS = 4  # query rows per block
+_ROWS = 8  # query rows per block (QKᵀ tile: 8 rows x 32 keys = 16 accumulators)
+_PV_ROWS = 4  # rows per P·V tile (4 rows x head_size/16 vectors)
 
 
 def _source(d: int) -> str:
     nv = d // 16
+    pv_rows = _PV_ROWS if nv <= 4 else max(1, 16 // nv)
     lines = ["import math",
              "import numpy as np",
              "from numba import njit, prange",
              "from sparsejit.kernels.simd import (vadd, vbroadcast, vexp, vfma, vhsum, vload, vload_bcast,",
-             "                                    vmax, vmul, vstore, vsub, vzero)",
+             "                                    vload_mask, vmax, vmul, vstore, vsub, vzero)",
              "from sparsejit.kernels.normalization import _hmax",
              "",
              "",
@@ -41,18 +44,26 @@ def _source(d: int) -> str:
              "        bi = task // heads",
              "        hi = task - bi * heads",
              "        off = hi * d",
-             "        kt = np.zeros(d * skp, dtype=np.float32)",
+             "        kt = np.empty(d * skp, dtype=np.float32)",
              "        vh = np.empty(sk * d, dtype=np.float32)",
              "        for j in range(sk):",
              "            src = (bi * sk + j) * width + off",
              "            for e in range(d):",
              "                kt[e * skp + j] = kf[src + e]",
-             "                vh[j * d + e] = vf[src + e]",
+             "            for e in range(0, d, 16):",
+             "                vstore(vh, j * d + e, vload(vf, src + e))",
+             "        for e in range(d):",
+             "            for j in range(sk, skp):",
+             "                kt[e * skp + j] = 0.0",
              f"        sc = np.empty({_ROWS} * skp, dtype=np.float32)",
+             f"        inv = np.empty({_ROWS}, dtype=np.float32)",
              "        vscale = vbroadcast(scale)",
              f"        for i0 in range(0, sq, {_ROWS}):",
              f"            rows = min({_ROWS}, sq - i0)",
-             "            for jb in range(0, skp, 32):"]
+             ]
+    for r in range(_ROWS):
+        lines.append(f"            qo{r} = (bi * sq + min(i0 + {r}, sq - 1)) * width + off")
+    lines.append("            for jb in range(0, skp, 32):")
     for r in range(_ROWS):
         lines.append(f"                a{r} = vzero()")
         lines.append(f"                b{r} = vzero()")
@@ -60,8 +71,7 @@ def _source(d: int) -> str:
     lines.append("                    kv = vload(kt, e * skp + jb)")
     lines.append("                    kw = vload(kt, e * skp + jb + 16)")
     for r in range(_ROWS):
-        row = f"(bi * sq + min(i0 + {r}, sq - 1)) * width + off + e"
-        lines.append(f"                    qb = vload_bcast(qf, {row})")
+        lines.append(f"                    qb = vload_bcast(qf, qo{r} + e)")
         lines.append(f"                    a{r} = vfma(qb, kv, a{r})")
         lines.append(f"                    b{r} = vfma(qb, kw, b{r})")
     for r in range(_ROWS):
@@ -72,18 +82,21 @@ def _source(d: int) -> str:
         "                i = i0 + r",
         "                row = r * skp",
         "                bbase = bi * sb + hi * sh + i * si",
-        "                for j in range(sk):",
-        "                    sc[row + j] += bf[bbase + j]",
-        "                for j in range(sk, skp):",
-        "                    sc[row + j] = -np.inf",
         "                vm = vbroadcast(-np.inf)",
         "                for jb in range(0, skp, 16):",
-        "                    vm = vmax(vm, vload(sc, row + jb))",
+        "                    n = min(16, sk - jb)",
+        "                    if n < 16:  # key padding: -inf, so exp gives 0",
+        "                        for t in range(max(n, 0), 16):",
+        "                            sc[row + jb + t] = -np.inf",
+        "                    x = vadd(vload(sc, row + jb), vload_mask(bf, bbase + jb, max(n, 0)))",
+        "                    vstore(sc, row + jb, x)",
+        "                    vm = vmax(vm, x)",
         "                m = _hmax(vm, True)",
         "                if m == -np.inf or m != m:  # every key masked: the row is 0 (or NaN, as ONNX)",
         "                    vfill = vbroadcast(np.float32(0.0) if nan_to_zero else np.float32(np.nan))",
         "                    for jb in range(0, skp, 16):",
         "                        vstore(sc, row + jb, vfill)",
+        "                    inv[r] = 1.0",
         "                    continue",
         "                vmb = vbroadcast(m)",
         "                vs = vzero()",
@@ -91,12 +104,9 @@ def _source(d: int) -> str:
         "                    ev = vexp(vsub(vload(sc, row + jb), vmb))",
         "                    vstore(sc, row + jb, ev)",
         "                    vs = vadd(vs, ev)",
-        "                inv = vbroadcast(np.float32(1.0) / vhsum(vs))",
-        "                for jb in range(0, skp, 16):",
-        "                    vstore(sc, row + jb, vmul(vload(sc, row + jb), inv))",
+        "                inv[r] = np.float32(1.0) / vhsum(vs)  # applied to the P·V output row",
     ]
-    # P @ V for the whole row block: each V load serves every row of the block
-    pv_rows = _ROWS if nv <= 4 else max(1, 16 // nv)
+    # P @ V for the whole row block: each V load serves every row of the tile
     lines.append(f"            for r0 in range(0, rows, {pv_rows}):")
     for r in range(pv_rows):
         for c in range(nv):
@@ -111,8 +121,9 @@ def _source(d: int) -> str:
     for r in range(pv_rows):
         lines.append(f"                if r0 + {r} < rows:")
         lines.append(f"                    obase = (bi * sq + i0 + r0 + {r}) * width + off")
+        lines.append(f"                    vi = vbroadcast(inv[r0 + {r}])")
         for c in range(nv):
-            lines.append(f"                    vstore(of, obase + {16 * c}, o{r}_{c})")
+            lines.append(f"                    vstore(of, obase + {16 * c}, vmul(o{r}_{c}, vi))")
     return "\n".join(lines) + "\n"
 
 
