@@ -158,6 +158,20 @@ def _minmax_kernel(x, n_chunks, part_min, part_max):  # type: ignore[no-untyped-
         part_max[c] = vhmax(mx)
 
 
+@njit(cache=True)
+def _range_params(part_min, part_max):  # type: ignore[no-untyped-def]
+    # float32 throughout, as DynamicQuantizeLinear specifies (a float32 division computed in float64 and
+    # rounded once to float32 is the correctly rounded float32 quotient, so promotion would not matter)
+    lo = min(np.float32(0.0), part_min.min())
+    hi = max(np.float32(0.0), part_max.max())
+    scale = np.float32((hi - lo) / np.float32(255.0))
+    if scale == 0 or not np.isfinite(scale):
+        scale = np.float32(1.0)
+    zp = np.float32(np.float32(0.0) - np.float32(lo / scale))
+    zp = min(max(zp, np.float32(0.0)), np.float32(255.0))
+    return scale, int(np.rint(zp))
+
+
 def dynamic_params(x: np.ndarray) -> tuple[np.float32, int]:
     """(scale, zero_point) of ONNX DynamicQuantizeLinear (uint8) for float32 `x`, computed in float32."""
     flat = x.reshape(-1)
@@ -167,14 +181,8 @@ def dynamic_params(x: np.ndarray) -> tuple[np.float32, int]:
     pmin = np.empty(n_chunks, np.float32)
     pmax = np.empty(n_chunks, np.float32)
     _minmax_kernel(flat, n_chunks, pmin, pmax)
-    lo = np.float32(min(0.0, float(pmin.min())))
-    hi = np.float32(max(0.0, float(pmax.max())))
-    scale = np.float32((hi - lo) / np.float32(255.0))
-    if scale == 0 or not np.isfinite(scale):
-        scale = np.float32(1.0)
-    zp = np.float32(0.0) - lo / scale
-    zp = int(np.rint(np.clip(zp, 0.0, 255.0)))
-    return scale, zp
+    scale, zp = _range_params(pmin, pmax)
+    return np.float32(scale), int(zp)
 
 
 @njit(parallel=True, cache=True)

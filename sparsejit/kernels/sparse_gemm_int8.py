@@ -16,6 +16,7 @@ activation and residual while the tile is in registers. The dense weight is not 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from dataclasses import dataclass
@@ -199,15 +200,14 @@ def _kernel(bw: int, mr: int, act: str | None) -> Any:
     return fn
 
 
-def _task_shape(m: int, kp: int, mr: int, weight: BlockSparseInt8) -> tuple[int, int]:
+@functools.lru_cache(maxsize=4096)
+def _task_shape(m: int, kp: int, mr: int, n_cb: int, cb_bytes: int, threads: int) -> tuple[int, int]:
     """(row tiles, column blocks) per task: the chunk's blocks within an L2 budget, A rows within
     another, and enough tasks to balance the threads."""
-    n_cb = weight.ptr.size - 1
     n_mt = -(-m // mr)
-    per_cb = max(1, weight.values.nbytes // max(1, n_cb))
-    cpt = max(1, min(n_cb, _L2_W_BUDGET // per_cb))
+    cpt = max(1, min(n_cb, _L2_W_BUDGET // max(1, cb_bytes)))
     tpb = max(1, min(n_mt, _L2_A_BUDGET // max(1, mr * kp)))
-    want = 4 * get_num_threads()
+    want = 4 * threads
     while (-(-n_mt // tpb)) * (-(-n_cb // cpt)) < want and (tpb > 1 or cpt > 1):
         if tpb >= cpt and tpb > 1 or cpt == 1:
             tpb = -(-tpb // 2)
@@ -253,6 +253,8 @@ def block_qgemm(a_q: np.ndarray, weight: BlockSparseInt8, out: np.ndarray, comp:
     old = set_parallel_chunksize(1)
     try:
         kernel(a_q.reshape(-1), weight.values, weight.groups, weight.ptr, out.reshape(-1), comp, scale, bias_f,
-               res_f, m, weight.kp, weight.n, *_task_shape(m, weight.kp, mr, weight), residual is not None)
+               res_f, m, weight.kp, weight.n,
+               *_task_shape(m, weight.kp, mr, n_cb, weight.values.nbytes // max(1, n_cb), get_num_threads()),
+               residual is not None)
     finally:
         set_parallel_chunksize(old)
