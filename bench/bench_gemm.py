@@ -1,6 +1,6 @@
 """Time sparsejit's fp32 GEMM against numpy and onnxruntime on BERT-base shapes.
 
-    python -m bench.bench_gemm [--threads 2] [--repeat 30] [--tile 6x64] [--shapes 128x768x768,...]
+    python -m bench.bench_gemm [--threads 2] [--repeat 30] [--tile 8x48] [--shapes 128x768x768,...]
 
 Prints the median effective GFLOP/s (2*M*K*N / time) of each engine and sparsejit's ratio to them.
 onnxruntime runs a one-node MatMul model (weight as an initializer), ORT_ENABLE_ALL, intra-op threads
@@ -61,7 +61,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=30)
-    parser.add_argument("--tile", default=None, help="MRxNR, e.g. 6x64 (default: the library default)")
+    parser.add_argument("--tile", default=None, help="MRxNR, e.g. 8x48 (default: the library default)")
     parser.add_argument("--shapes", default=None, help="comma list of MxKxN")
     args = parser.parse_args()
 

@@ -105,7 +105,7 @@ def test_gemm_activations(k: int, n: int, act: str) -> None:
 
 def test_pack_b_layout_and_no_copy() -> None:
     _, b, _, _ = _data(1, 70, 100)
-    packed = G.pack_b(b)
+    packed = G.pack_b(b, nr=64)
     assert packed.k == 70 and packed.n == 100 and packed.dtype == np.float32
     assert packed.data.shape == (2, 70, 64) and packed.data.ctypes.data % 64 == 0
     assert not np.shares_memory(packed.data, b)
