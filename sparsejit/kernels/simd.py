@@ -36,7 +36,7 @@ __all__ = [
     "vadd", "vsub", "vmul", "vdiv", "vmax", "vmin", "vfma", "vabs", "vhsum", "vextract", "vblend_lt",
     "vprefetch",
     "verf", "vtanh", "vexp", "vfloor", "vpow2i",
-    "vizero", "vibroadcast", "viload", "vistore", "viadd", "vdpbusd", "vcvt_i2f",
+    "vizero", "vibroadcast", "viload", "vistore", "viadd", "vdpbusd", "vdpbf16ps", "vcvt_i2f",
 ]
 
 LANES = 16
@@ -394,6 +394,36 @@ def vdpbusd(typingctx, acc, a, b):
     def codegen(context, builder, sig, args):
         return _call_intrinsic(builder, "llvm.x86.avx512.vpdpbusd.512", _VI, list(args))
     return vec16i(acc, a, b), codegen
+
+
+class _BFloatType(ir.Type):
+    """LLVM's `bfloat` (llvmlite has no such type; LLVM 17+ intrinsics take `<32 x bfloat>`)."""
+
+    def _to_string(self) -> str:
+        return "bfloat"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _BFloatType)
+
+    def __hash__(self) -> int:
+        return hash("bfloat")
+
+
+_VBF = ir.VectorType(_BFloatType(), 2 * LANES)
+
+
+@intrinsic
+def vdpbf16ps(typingctx, acc, a, b):
+    """AVX512-BF16: acc + a.bf16[2i] * b.bf16[2i] + a.bf16[2i+1] * b.bf16[2i+1] per float32 lane i
+    (`vdpbf16ps`); `a` and `b` hold bf16 pairs as int32 lanes (low half = even element)."""
+    if not (isinstance(acc, Vec16f) and isinstance(a, Vec16i) and isinstance(b, Vec16i)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc_v, a_v, b_v = args
+        return _call_intrinsic(builder, "llvm.x86.avx512bf16.dpbf16ps.512", _VF,
+                               [acc_v, builder.bitcast(a_v, _VBF), builder.bitcast(b_v, _VBF)])
+    return vec16f(acc, a, b), codegen
 
 
 @intrinsic

@@ -20,6 +20,8 @@ from sparsejit.graph.specialise import fold_constants, specialise
 from sparsejit.kernels.threading import set_threads
 from sparsejit.plan.plan import Plan
 
+PRECISIONS = ("fp32", "bf16")
+
 BATCH, SEQ = "batch", "sequence"
 
 
@@ -41,9 +43,13 @@ class Engine:
     def __init__(self, model: ModelSource, batch_size: int | None = None,
                  sequence_length: int | Sequence[int] | None = None, num_threads: int | None = None,
                  input_shapes: Mapping[str, Sequence[int]] | None = None,
-                 pad_values: Mapping[str, int | float] | None = None, optimize: bool = True) -> None:
+                 pad_values: Mapping[str, int | float] | None = None, optimize: bool = True,
+                 precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         graph = load_onnx(model)
         self.optimize = optimize
+        self.precision = precision
         self._graph = fold_constants(graph)
         self.num_threads = num_threads
         self.input_names = graph.input_names
@@ -89,7 +95,7 @@ class Engine:
         if self.optimize:
             graph = optimise(graph)
         label = "bucket " + "x".join(str(d) for d in next(iter(shapes.values()))) if shapes else "model"
-        return Plan(graph, self._weight_cache, label)
+        return Plan(graph, self._weight_cache, label, self.precision)
 
     # ---- description -------------------------------------------------------------------------
     @property
@@ -330,12 +336,16 @@ def _buckets(inputs: list[Value], roles, batch_size, sequence_length) -> list[Bu
 def compile(model: ModelSource, batch_size: int | None = None,
             sequence_length: int | Sequence[int] | None = None, num_threads: int | None = None,
             input_shapes: Mapping[str, Sequence[int]] | None = None,
-            pad_values: Mapping[str, int | float] | None = None, optimize: bool = True) -> Engine:
+            pad_values: Mapping[str, int | float] | None = None, optimize: bool = True,
+            precision: str = "fp32") -> Engine:
     """Compile an ONNX model (path, bytes or ModelProto) into an `Engine`.
 
     `sequence_length` may be a list: one plan is compiled per length, all sharing one copy of the
     weights, and each call runs in the smallest bucket that fits. `input_shapes` instead fixes every
     input's shape exactly (for models that are not batch × sequence shaped). `optimize=False`
-    skips the fusion passes (one kernel per ONNX node; for debugging).
+    skips the fusion passes (one kernel per ONNX node; for debugging). `precision="bf16"` rounds the
+    constant fp32 matrix-product weights to bf16 (run by AVX512-BF16 kernels, float32 accumulation;
+    activations are rounded to bf16 as they enter those products); everything else stays fp32.
     """
-    return Engine(model, batch_size, sequence_length, num_threads, input_shapes, pad_values, optimize)
+    return Engine(model, batch_size, sequence_length, num_threads, input_shapes, pad_values, optimize,
+                  precision)

@@ -33,6 +33,7 @@ from sparsejit.graph.sparsity import analyse_weight
 from sparsejit.kernels import sparse_gemm as sg
 from sparsejit.kernels.codegen import cache_root, kernel_dir
 from sparsejit.kernels.gemm import PackedMatrix, gemm, pack_b
+from sparsejit.kernels.gemm_bf16 import PackedBF16, bgemm, pack_b_bf16
 
 __all__ = ["MIN_SPARSITY", "MatMulKernel", "WeightKernels", "choose_matmul_kernel", "ENV_POLICY"]
 
@@ -72,6 +73,19 @@ class DenseKernel:
 
 
 @dataclass(frozen=True)
+class BF16Kernel:
+    """Dense GEMM on a bf16-rounded weight (precision="bf16")."""
+
+    packed: PackedBF16
+    activation: str | None
+    name: str = "dense"
+
+    def __call__(self, a: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
+                 residual: np.ndarray | None = None) -> None:
+        bgemm(a, self.packed, out, bias=bias, activation=self.activation, residual=residual)
+
+
+@dataclass(frozen=True)
 class SparseKernel:
     """Block-sparse or CSC sparse GEMM on a compressed weight."""
 
@@ -94,8 +108,9 @@ def _policy() -> str:
 class WeightKernels:
     """The kernels of one constant weight, shared by every bucket (one M each) that uses it."""
 
-    def __init__(self, weight: np.ndarray) -> None:
+    def __init__(self, weight: np.ndarray, precision: str = "fp32") -> None:
         self.weight = weight
+        self.precision = precision  # "bf16": the dense form is the bf16-rounded weight
         self.stats = analyse_weight(weight, shapes=tuple(f"1x{bw}" for bw in sg.BLOCK_WIDTHS),
                                     min_sparsity=MIN_SPARSITY)
         self._forms: dict[str, Any] = {}
@@ -115,7 +130,7 @@ class WeightKernels:
         form = self._forms.get(name)
         if form is None:
             if name == "dense":
-                form = pack_b(self.weight)
+                form = pack_b_bf16(self.weight) if self.precision == "bf16" else pack_b(self.weight)
             elif name == "csc":
                 form = sg.csc_sparse(self.weight)
             else:
@@ -126,7 +141,7 @@ class WeightKernels:
     def _kernel(self, name: str, activation: str | None) -> MatMulKernel:
         form = self._form(name)
         if name == "dense":
-            return DenseKernel(form, activation)
+            return BF16Kernel(form, activation) if self.precision == "bf16" else DenseKernel(form, activation)
         return SparseKernel(form, activation, name)
 
     def candidates(self) -> list[str]:
@@ -190,7 +205,7 @@ class WeightKernels:
         if self._digest is None:
             w = np.ascontiguousarray(self.weight)
             self._digest = hashlib.blake2b(w.view(np.uint8).reshape(-1), digest_size=16).hexdigest()
-        parts = [self._digest, str(self.weight.shape), str(self.weight.dtype), str(m), str(activation),
+        parts = [self._digest, str(self.weight.shape), str(self.weight.dtype), self.precision, str(m), str(activation),
                  kernel_dir().name, str(get_num_threads()), _SRC_HASH, ",".join(names)]
         return hashlib.sha1("|".join(parts).encode()).hexdigest()
 
@@ -220,16 +235,17 @@ def _write_decision(key: str, record: dict[str, Any]) -> None:
 
 
 def choose_matmul_kernel(weight: np.ndarray, m: int, activation: str | None = None, *,
-                         shared: Shared | None = None, key: Any = None) -> MatMulKernel:
+                         shared: Shared | None = None, key: Any = None, precision: str = "fp32") -> MatMulKernel:
     """Kernel computing act(a @ weight + bias) + residual for `m` rows: dense, CSC or block-sparse.
 
     `shared(key, build)` memoises per-weight state across buckets (pass `LowerContext.shared` and the
-    initializer name as `key`); without it the analysis is redone on every call.
+    initializer name as `key`); without it the analysis is redone on every call. `precision="bf16"`
+    makes the dense candidate the bf16-weight GEMM (sparse candidates stay exact fp32).
     """
     if weight.ndim != 2 or weight.dtype != np.float32:
         raise ValueError(f"expected a 2-D float32 weight, got {weight.dtype} {weight.shape}")
     if shared is None:
-        kernels = WeightKernels(weight)
+        kernels = WeightKernels(weight, precision)
     else:
-        kernels = shared(("weight_kernels", key), lambda: WeightKernels(weight))
+        kernels = shared(("weight_kernels", key), lambda: WeightKernels(weight, precision))
     return kernels.choose(int(m), activation)

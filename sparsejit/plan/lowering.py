@@ -39,6 +39,7 @@ class LowerContext:
     graph: Graph
     arrays: dict[str, np.ndarray]
     weight_cache: dict = field(default_factory=dict)
+    precision: str = "fp32"  # "bf16": constant matrix-product weights rounded to bf16
 
     def array(self, name: str) -> np.ndarray:
         return self.arrays[name]

@@ -27,7 +27,8 @@ def _matmul(node: Node, ctx: LowerContext) -> Step:
     out = ctx.array(node.outputs[0])
     b_name = node.inputs[1]
     if ctx.const(b_name) is not None and b.ndim == 2 and a.ndim >= 2 and _is_f32(a, b, out):
-        kernel = choose_matmul_kernel(b, int(np.prod(a.shape[:-1])), None, shared=ctx.shared, key=b_name)
+        kernel = choose_matmul_kernel(b, int(np.prod(a.shape[:-1])), None, shared=ctx.shared, key=b_name,
+                                      precision=ctx.precision)
         return lambda: kernel(a, out)
     if a.ndim >= 2 and b.ndim == a.ndim and a.shape[:-2] == b.shape[:-2] and _is_f32(a, b, out):
         return lambda: simd_matmul(a, b, out)
@@ -44,7 +45,8 @@ def _fused_matmul(node: Node, ctx: LowerContext) -> Step:
     residual = ctx.operand(node.inputs[3]) if node.inputs[3] else None
     activation = node.attrs.get("activation")
     out = ctx.array(node.outputs[0])
-    kernel = choose_matmul_kernel(w, int(np.prod(a.shape[:-1])), activation, shared=ctx.shared, key=w_name)
+    kernel = choose_matmul_kernel(w, int(np.prod(a.shape[:-1])), activation, shared=ctx.shared, key=w_name,
+                                  precision=ctx.precision)
     return lambda: kernel(a, out, bias, residual)
 
 

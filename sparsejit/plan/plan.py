@@ -30,7 +30,7 @@ def _view(node, ctx):  # views were bound to their input's buffer by the memory 
 class Plan:
     """Runs one bucket shape. Not re-entrant: `lock` serialises callers sharing the buffers."""
 
-    def __init__(self, graph: Graph, weight_cache: dict, label: str = "") -> None:
+    def __init__(self, graph: Graph, weight_cache: dict, label: str = "", precision: str = "fp32") -> None:
         check_supported(graph)
         self.graph = graph
         memory = plan_memory(graph)
@@ -47,7 +47,7 @@ class Plan:
         for name, source in memory.alias_of.items():
             arrays[name] = arrays[source].reshape(info[name].shape)
         self.inputs = {v.name: arrays[v.name] for v in graph.inputs}
-        ctx = LowerContext(graph, arrays, weight_cache)
+        ctx = LowerContext(graph, arrays, weight_cache, precision)
         lowered = [(node, lower(node, ctx)) for node in graph.nodes]
         self.steps = [step for _, step in lowered if step is not None]
         self.step_nodes = [node for node, step in lowered if step is not None]

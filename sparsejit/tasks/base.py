@@ -151,7 +151,7 @@ class Pipeline:
 
     def __init__(self, model_path: str | os.PathLike | ModelFiles | None = None, *, batch_size: int = 1,
                  sequence_length: int | Sequence[int] = 128, num_threads: int | None = None,
-                 **task_kwargs: Any) -> None:
+                 precision: str = "fp32", **task_kwargs: Any) -> None:
         from sparsejit.plan.engine import compile as compile_engine
 
         if model_path is None:
@@ -180,7 +180,8 @@ class Pipeline:
         self._params = self._checked_sanitize(task_kwargs)
         model = self._prepare_model(self.files)
         self.engine = compile_engine(model, batch_size=batch_size, sequence_length=self.sequence_lengths,
-                                     num_threads=num_threads, pad_values=self._pad_values(model))
+                                     num_threads=num_threads, pad_values=self._pad_values(model),
+                                     precision=precision)
         missing = [n for n in self.engine.input_names if n not in _KNOWN_INPUTS]
         if missing:
             raise ModelLoadError(f"model inputs {missing} cannot be filled from a tokenizer; a pipeline "
@@ -192,18 +193,19 @@ class Pipeline:
     @classmethod
     def create(cls, task: str, model_path: str | os.PathLike | ModelFiles | None = None, batch_size: int = 1,
                sequence_length: int | Sequence[int] = 128, num_threads: int | None = None,
-               **task_kwargs: Any) -> Pipeline:
+               precision: str = "fp32", **task_kwargs: Any) -> Pipeline:
         """Build the pipeline registered for ``task`` (aliases, any case, ``-``/``_`` interchangeable).
 
         ``model_path``: a directory with model.onnx, tokenizer.json, config.json, or an .onnx file beside
         them; None uses the task's default model when it has one. ``sequence_length`` may be a list of
         buckets: one plan per length sharing the weights; each batch runs in the smallest that fits.
+        ``precision="bf16"`` runs the matrix-product weights in bf16 (see `sparsejit.compile`).
         """
         from sparsejit.tasks.registry import get_pipeline_class
 
         klass = get_pipeline_class(task)
         return klass(model_path, batch_size=batch_size, sequence_length=sequence_length,
-                     num_threads=num_threads, **task_kwargs)
+                     num_threads=num_threads, precision=precision, **task_kwargs)
 
     def _prepare_model(self, files: ModelFiles) -> Any:
         """The model handed to the compiler (a path or ModelProto). Override to cut or edit the graph."""
