@@ -3,6 +3,7 @@
     python -m bench.compare                       # the issue-3 rows, 2 threads (+ batch 1 on 1 thread)
     python -m bench.compare --rows bert-b1 --threads 1 --seconds 10
     python -m bench.compare --compile-time        # cold and warm compile of BERT-base
+    python -m bench.compare --precision bf16      # bf16 weights (reported apart from the fp32 ratios)
 
 onnxruntime runs with ORT_ENABLE_ALL and the same intra_op_num_threads. The engines alternate in
 blocks of about a second (see `measure`). Reports medians (noisy, shared machines) and the throughput
@@ -79,7 +80,8 @@ def alternate_blocks(runners: dict[str, Callable[[], object]], seconds: float, b
     return times
 
 
-def measure(row: Row, threads: int, seconds: float, block_seconds: float = 1.0) -> dict[str, float | str | int]:
+def measure(row: Row, threads: int, seconds: float, block_seconds: float = 1.0,
+            precision: str = "fp32") -> dict[str, float | str | int]:
     import onnxruntime as ort
 
     import sparsejit
@@ -87,18 +89,22 @@ def measure(row: Row, threads: int, seconds: float, block_seconds: float = 1.0) 
     directory = model_dir(row.model)
     feed = full_inputs(directory, row.batch, row.seq)
     engine = sparsejit.compile(directory / "model.onnx", batch_size=row.batch, sequence_length=row.seq,
-                               num_threads=threads)
+                               num_threads=threads, precision=precision)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(directory / "model.onnx"), opts, providers=["CPUExecutionProvider"])
     runners = {"sparsejit": lambda: engine.run(feed), "onnxruntime": lambda: session.run(None, feed)}
+    ours, ref = engine.run(feed)[engine.output_names[0]], session.run(None, feed)[0]
+    max_err = float(np.abs(ours - ref).max())
+    rel_err = max_err / float(np.abs(ref).max())
     for fn in runners.values():  # warm-up
         fn()
         fn()
     times = alternate_blocks(runners, seconds, block_seconds)
-    result: dict[str, float | str | int] = {"row": row.name, "threads": threads}
+    result: dict[str, float | str | int] = {"row": row.name, "threads": threads, "precision": precision,
+                                            "max_abs_err": max_err, "max_err_rel_to_max": rel_err}
     for name, samples in times.items():
         med = float(np.median(samples))
         result[f"{name}_median_ms"] = round(med * 1e3, 2)
@@ -139,17 +145,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="time per row (both engines)")
     parser.add_argument("--compile-time", action="store_true", help="also measure cold/warm compile")
     parser.add_argument("--json", type=Path, help="write results here")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="sparsejit weight precision (onnxruntime always runs the fp32 model)")
     args = parser.parse_args()
     results = []
     for key in args.rows:
         thread_counts = args.threads or ([2, 1] if key == "bert-b1" else [2])
         for threads in thread_counts:
-            res = measure(ROWS[key], threads, args.seconds)
+            res = measure(ROWS[key], threads, args.seconds, precision=args.precision)
             results.append(res)
             print(f"{res['row']:<22} threads={threads}  sparsejit {res['sparsejit_median_ms']:8.1f} ms "
                   f"(p90 {res['sparsejit_p90_ms']:.1f}, {res['sparsejit_items_per_s']} items/s)  "
                   f"onnxruntime {res['onnxruntime_median_ms']:8.1f} ms (p90 {res['onnxruntime_p90_ms']:.1f}, "
-                  f"{res['onnxruntime_items_per_s']} items/s)  ratio {res['ratio']:.2f}x", flush=True)
+                  f"{res['onnxruntime_items_per_s']} items/s)  ratio {res['ratio']:.2f}x  [{args.precision}: max |err| "
+                  f"{res['max_abs_err']:.2e} = {res['max_err_rel_to_max']:.1e} of max |output|]", flush=True)
     if args.compile_time:
         ct = compile_times()
         results.append(ct)
