@@ -51,6 +51,16 @@ def test_async_scenario(model: Path) -> None:
     assert "[2, 32]" in result.output  # -b overrides the first dimension of -i
 
 
+def test_bf16_precision(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["benchmark", str(model), "-i", "[1,32]", "-t", "0.3", "-w", "0",
+                                       "--precision", "bf16", "-x", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["precision"] == "bf16"
+    result = CliRunner().invoke(main, ["benchmark", str(model), "--precision", "fp16", "-q"])
+    assert result.exit_code == 2 and "fp16" in result.output
+
+
 def test_missing_onnxruntime_is_a_clear_error(model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if it were not installed
     result = CliRunner().invoke(main, ["benchmark", str(model), "-i", "[1,16]", "-e", "onnxruntime",

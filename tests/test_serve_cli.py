@@ -90,3 +90,8 @@ def test_config_file_errors(tmp_path) -> None:
     assert result.exit_code != 0 and "colour" in result.output
     result = runner.invoke(main, ["serve", "--config-file", str(bad), "--task", "qa"])
     assert result.exit_code != 0 and "not both" in result.output
+    bad.write_text("endpoints:\n  - {name: a, task: sentiment, precision: fp16}\n")
+    result = runner.invoke(main, ["serve", "--config-file", str(bad)])
+    assert result.exit_code != 0 and "precision" in result.output
+    result = runner.invoke(main, ["serve", "--task", "sentiment", "--precision", "int4"])
+    assert result.exit_code == 2 and "int4" in result.output

@@ -129,7 +129,7 @@ def make_feed(path: Path, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> 
 
 
 def _sparsejit_runs(path: Path, shapes: dict[str, tuple[int, ...]], streams: int,
-                    threads: int | None) -> list[RunFn]:
+                    threads: int | None, precision: str = "fp32") -> list[RunFn]:
     import sparsejit
 
     dims = {len(s) for s in shapes.values()}
@@ -139,9 +139,9 @@ def _sparsejit_runs(path: Path, shapes: dict[str, tuple[int, ...]], streams: int
     for _ in range(streams):
         if dims == {2} and len(seqs) == 1:  # transformer-shaped: batch x sequence
             engine = sparsejit.compile(str(path), batch_size=batch, sequence_length=next(iter(seqs)),
-                                       num_threads=threads)
+                                       num_threads=threads, precision=precision)
         else:
-            engine = sparsejit.compile(str(path), num_threads=threads, input_shapes=shapes)
+            engine = sparsejit.compile(str(path), num_threads=threads, input_shapes=shapes, precision=precision)
         runs.append(engine.run)
     return runs
 
@@ -252,12 +252,14 @@ def run_benchmark(model: str | os.PathLike, *, batch_size: int = 1,
                   input_shapes: list[list[int]] | None = None,
                   scenario: str = "sync", num_streams: int | None = None, seconds: float = 10.0,
                   warmup: float = 2.0, engine: str = "sparsejit", num_cores: int | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, precision: str = "fp32") -> dict[str, Any]:
     """Run the benchmark; returns the report (also what ``-x`` writes as JSON)."""
     if scenario not in ("sync", "async"):
         raise BenchmarkError(f"scenario must be sync or async, got {scenario!r}")
     if engine not in ("sparsejit", "onnxruntime", "both"):
         raise BenchmarkError(f"engine must be sparsejit, onnxruntime or both, got {engine!r}")
+    if precision not in ("fp32", "bf16"):
+        raise BenchmarkError(f"precision must be fp32 or bf16, got {precision!r}")
     path = _model_file(model)
     cores = num_cores or os.cpu_count() or 1
     streams = 1 if scenario == "sync" else (num_streams or max(1, cores // 2))
@@ -271,7 +273,7 @@ def run_benchmark(model: str | os.PathLike, *, batch_size: int = 1,
     for name in names:
         log(f"{name}: preparing ({streams} stream(s), {threads} thread(s) each)...")
         t0 = time.perf_counter()
-        runs[name] = (_sparsejit_runs(path, shapes, streams, threads) if name == "sparsejit"
+        runs[name] = (_sparsejit_runs(path, shapes, streams, threads, precision) if name == "sparsejit"
                       else _onnxruntime_runs(path, streams, threads))
         log(f"{name}: ready in {time.perf_counter() - t0:.1f} s; warming up {warmup:g} s")
         for run in runs[name]:
@@ -307,7 +309,7 @@ def run_benchmark(model: str | os.PathLike, *, batch_size: int = 1,
 
     report: dict[str, Any] = {
         "model": str(path), "scenario": scenario, "batch_size": batch_size, "num_streams": streams,
-        "num_cores": cores, "threads_per_stream": threads,
+        "num_cores": cores, "threads_per_stream": threads, "precision": precision,
         "input_shapes": {n: list(s) for n, s in shapes.items()}, "seconds": seconds, "warmup_seconds": warmup,
         "engines": {n: _stats(latencies[n], walls[n], batch_size) for n in names},
     }

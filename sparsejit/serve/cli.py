@@ -68,11 +68,13 @@ def main() -> None:
               help="largest accepted request body (413) [default: 1048576]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.option("--kwargs", "task_kwargs", default=None, help="task options as JSON, e.g. '{\"top_k\": 2}'")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="weight precision of a single endpoint's matrix products [default: fp32]")
 def serve(task: str | None, model_path: str | None, config_file: str | None, name: str | None,
           batch_size: int | None, sequence_length: str | None, num_threads: int | None, host: str | None,
           port: int | None, api_key: str | None, max_wait_ms: float | None, no_batching: bool,
           max_queue: int | None, request_timeout_s: float | None, max_body_bytes: int | None,
-          log_level: str, task_kwargs: str | None) -> None:
+          log_level: str, task_kwargs: str | None, precision: str | None) -> None:
     """Serve models over HTTP (FastAPI + uvicorn).
 
     One endpoint from --task / --model-path, several from --config-file; with neither, the default
@@ -94,7 +96,7 @@ def serve(task: str | None, model_path: str | None, config_file: str | None, nam
     }
     try:
         if config_file:
-            if task or model_path or task_kwargs:
+            if task or model_path or task_kwargs or precision:
                 raise click.UsageError("give either --config-file or --task/--model-path, not both")
             config = load_config(config_file, **server_opts)
         else:
@@ -106,6 +108,8 @@ def serve(task: str | None, model_path: str | None, config_file: str | None, nam
                 endpoint["batch_size"] = batch_size
             if sequence_length is not None:
                 endpoint["sequence_length"] = _lengths(sequence_length)
+            if precision is not None:
+                endpoint["precision"] = precision
             if task_kwargs:
                 try:
                     endpoint["kwargs"] = json.loads(task_kwargs)
@@ -151,9 +155,11 @@ def serve(task: str | None, model_path: str | None, config_file: str | None, nam
 @click.option("-x", "--export-path", "--export_path", "export_path", type=click.Path(dir_okay=False),
               default=None, help="write the results as JSON here")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="no progress bar or log lines")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="sparsejit weight precision (onnxruntime runs the file as it is)")
 def benchmark(model: str, batch_size: int, input_shapes: str | None, scenario: str, num_streams: int | None,
               seconds: float, warmup: float, engine: str, num_cores: int | None, export_path: str | None,
-              quiet: bool) -> None:
+              quiet: bool, precision: str) -> None:
     """Measure throughput and latency of MODEL (an .onnx file or a directory holding model.onnx)."""
     from sparsejit.errors import SparsejitError
     from sparsejit.serve.benchmark import BenchmarkError, format_report, parse_shapes, run_benchmark
@@ -162,7 +168,7 @@ def benchmark(model: str, batch_size: int, input_shapes: str | None, scenario: s
         shapes = parse_shapes(input_shapes) if input_shapes else None
         report = run_benchmark(model, batch_size=batch_size, input_shapes=shapes, scenario=scenario,
                                num_streams=num_streams, seconds=seconds, warmup=warmup, engine=engine,
-                               num_cores=num_cores, progress=not quiet)
+                               num_cores=num_cores, progress=not quiet, precision=precision)
     except (BenchmarkError, SparsejitError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(format_report(report))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -52,6 +52,7 @@ class EndpointConfig(BaseModel):
     batch_size: int = Field(1, ge=1, le=1024, description="engine batch: the most rows run at once")
     sequence_length: int | list[int] = Field(128, description="sequence bucket(s) to compile")
     num_threads: int | None = Field(None, ge=1, description="kernel threads (default: the server's)")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="weight precision of matrix products")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="task options for the pipeline")
     max_wait_ms: float | None = Field(None, ge=0, description="override of the server's max_wait_ms")
 

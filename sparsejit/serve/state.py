@@ -31,7 +31,8 @@ def build_pipeline(endpoint: EndpointConfig, server: ServerConfig) -> Any:
 
     return Pipeline.create(endpoint.task, endpoint.model, batch_size=endpoint.batch_size,
                            sequence_length=endpoint.sequence_length,
-                           num_threads=endpoint.num_threads or server.num_threads, **endpoint.kwargs)
+                           num_threads=endpoint.num_threads or server.num_threads,
+                           precision=endpoint.precision, **endpoint.kwargs)
 
 
 @dataclass
