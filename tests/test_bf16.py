@@ -36,8 +36,8 @@ def test_to_bf16_matches_torch() -> None:
     assert np.isnan(_as_float(B.to_bf16(np.array([np.nan], np.float32))))[0]
 
 
-@pytest.mark.parametrize("m,k,n", [(128, 768, 768), (37, 771, 100), (5, 64, 48), (200, 33, 130)])
-@pytest.mark.parametrize("act", [None, "gelu_erf", "relu"])
+@pytest.mark.parametrize("m,k,n,act", [(128, 768, 768, None), (37, 771, 100, "gelu_erf"), (5, 64, 48, None),
+                                       (200, 33, 130, "relu")])  # each (K, N, act) compiles a kernel
 def test_bgemm_matches_bf16_operand_reference(m: int, k: int, n: int, act: str | None) -> None:
     rng = np.random.default_rng(m * k + n)
     a = rng.standard_normal((m, k)).astype(np.float32)
