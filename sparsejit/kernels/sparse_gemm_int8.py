@@ -221,13 +221,22 @@ def _task_shape(m: int, kp: int, mr: int, n_cb: int, cb_bytes: int, threads: int
 _EMPTY_F = np.zeros(16, dtype=np.float32)
 
 
+def _padded(v: np.ndarray, size: int) -> np.ndarray:
+    if v.size >= size:
+        return v
+    out = np.zeros(size, v.dtype)
+    out[: v.size] = v
+    return out
+
+
 def block_qgemm(a_q: np.ndarray, weight: BlockSparseInt8, out: np.ndarray, comp: np.ndarray, scale: np.ndarray,
                 bias: np.ndarray | None = None, activation: str | None = None,
                 residual: np.ndarray | None = None) -> None:
     """out = act(float(a_q @ W - comp) * scale + bias) + residual, W block-sparse int8 (float32 out).
 
     `a_q` is uint8 [M, KP]; `comp` (int32), `scale` and `bias` (float32) are per-column vectors of at
-    least ceil(N / BW) * BW entries (`gemm_int8.epilogue_vectors` / `pad_columns` give enough).
+    least N entries (`gemm_int8.epilogue_vectors` / `pad_columns` give them), zero-padded here to whole
+    column blocks when shorter.
     """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unsupported activation {activation!r}")
@@ -238,11 +247,9 @@ def block_qgemm(a_q: np.ndarray, weight: BlockSparseInt8, out: np.ndarray, comp:
         raise ValueError(f"out must be float32 with {m}x{weight.n} elements")
     n_cb = weight.ptr.size - 1
     pad = n_cb * weight.bw
-    if comp.size < pad or scale.size < pad:
-        raise ValueError(f"comp and scale need at least {pad} entries")
-    bias_f = np.zeros(pad, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1)
-    if bias_f.size < pad:
-        bias_f = np.concatenate([bias_f, np.zeros(pad - bias_f.size, np.float32)])
+    comp, scale = _padded(comp, pad), _padded(scale, pad)
+    bias_f = _padded(np.zeros(0, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1),
+                     pad)
     if m == 0 or weight.n == 0:
         return
     res_f = _EMPTY_F if residual is None else np.ascontiguousarray(residual, dtype=np.float32).reshape(-1)
