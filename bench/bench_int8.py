@@ -4,10 +4,11 @@ Forms: ``qop`` (quantize_static, QOperator: QLinearMatMul), ``qdq`` (quantize_st
 ``dynamic`` (quantize_dynamic: DynamicQuantizeLinear + MatMulInteger), all made from the zoo's random
 BERT-base (full size) with onnxruntime.quantization (static forms quantise MatMul only, calibrated on 4
 random batches) and cached under the zoo cache. onnxruntime runs with ORT_ENABLE_ALL and the same
-thread count. Also prints onnxruntime on the fp32 file for reference. Report only: no assertions.
+thread count; the three engines alternate in ~1 s blocks (see `bench.compare.alternate_blocks`).
+Also prints onnxruntime on the fp32 file for reference. Report only: no assertions.
 
     python bench/bench_int8.py                         # shapes 1x128 and 16x128, 2 threads
-    python bench/bench_int8.py --shapes 1x128 --forms dynamic --repeats 5
+    python bench/bench_int8.py --shapes 1x128 --forms dynamic --seconds 5
 """
 
 from __future__ import annotations
@@ -15,29 +16,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import zoo  # noqa: E402
 from test_quantized import quantized_model  # noqa: E402
 
 import sparsejit  # noqa: E402
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall seconds of `fn()` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from bench.compare import alternate_blocks  # noqa: E402
 
 
 def ort_session(path: Path, threads: int):  # type: ignore[no-untyped-def]
@@ -55,7 +45,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="1x128,16x128", help="comma-separated BATCHxSEQ")
     parser.add_argument("--forms", default="qop,qdq,dynamic")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5, help="at least this many runs per engine")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per engine and shape")
     parser.add_argument("--arch", default="bert-base", help="zoo architecture (bert-base = full size)")
     args = parser.parse_args()
 
@@ -72,9 +63,10 @@ def main() -> None:
         for batch, seq in shapes:
             feed = zoo.make_inputs(base, batch, seq, seed=0)
             engine = sparsejit.compile(str(path), batch, seq, num_threads=args.threads)
-            t_fp32 = median_time(lambda: fp32_sess.run(None, feed), args.repeats)  # noqa: B023
-            t_ort = median_time(lambda: sess.run(None, feed), args.repeats)  # noqa: B023
-            t_sj = median_time(lambda: engine.run(feed), args.repeats)  # noqa: B023
+            runners = {"fp32": lambda: fp32_sess.run(None, feed), "ort": lambda: sess.run(None, feed),  # noqa: B023
+                       "sj": lambda: engine.run(feed)}  # noqa: B023
+            times = alternate_blocks(runners, args.seconds * len(runners), min_runs=args.repeats)
+            t_fp32, t_ort, t_sj = (statistics.median(times[k]) for k in ("fp32", "ort", "sj"))
             diff = float(np.abs(engine.run(feed)["logits"] - sess.run(None, feed)[0]).max())
             print(f"{form:<9} {batch:>3}x{seq:<3} {t_fp32 * 1e3:>12.2f} {t_ort * 1e3:>12.2f} {t_sj * 1e3:>13.2f} "
                   f"{t_ort / t_sj:>11.2f}x {t_fp32 / t_sj:>11.2f}x {diff:>10.3g}")
