@@ -16,6 +16,7 @@ choice (for tests and debugging; a forced sparse kernel applies to weights of an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -184,22 +185,7 @@ class WeightKernels:
         a = rng.standard_normal((rows, k), dtype=np.float32)
         out = np.empty((rows, n), dtype=np.float32)
         kernels = {name: self._kernel(name, activation) for name in names}
-        first: dict[str, float] = {}
-        for name, kern in kernels.items():
-            kern(a, out)  # compile / load, warm caches
-            t0 = time.perf_counter()
-            kern(a, out)
-            first[name] = time.perf_counter() - t0
-        best = dict(first)
-        rounds = int(min(30, max(1, TIME_BUDGET_S / max(1e-7, min(first.values())))))
-        for _ in range(rounds):  # interleaved, so a burst of load on the machine hits every candidate
-            for name, kern in kernels.items():
-                if best[name] > 3 * min(best.values()):
-                    continue  # clearly losing: stop spending time on it
-                t0 = time.perf_counter()
-                kern(a, out)
-                best[name] = min(best[name], time.perf_counter() - t0)
-        return best
+        return time_candidates({name: functools.partial(kern, a, out) for name, kern in kernels.items()})
 
     def _cache_key(self, m: int, activation: str | None, names: list[str]) -> str:
         if self._digest is None:
@@ -208,6 +194,27 @@ class WeightKernels:
         parts = [self._digest, str(self.weight.shape), str(self.weight.dtype), self.precision, str(m), str(activation),
                  kernel_dir().name, str(get_num_threads()), _SRC_HASH, ",".join(names)]
         return hashlib.sha1("|".join(parts).encode()).hexdigest()
+
+
+def time_candidates(runs: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Best wall time of each candidate run: each is run once to compile and warm up, then all are run
+    interleaved (a burst of load on the machine hits every candidate) within about `TIME_BUDGET_S`
+    each; a candidate 3x slower than the best so far stops being run."""
+    best: dict[str, float] = {}
+    for name, run in runs.items():
+        run()
+        t0 = time.perf_counter()
+        run()
+        best[name] = time.perf_counter() - t0
+    rounds = int(min(30, max(1, TIME_BUDGET_S / max(1e-7, min(best.values())))))
+    for _ in range(rounds):
+        for name, run in runs.items():
+            if best[name] > 3 * min(best.values()):
+                continue
+            t0 = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def _decision_dir() -> Path:

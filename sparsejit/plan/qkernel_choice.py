@@ -11,9 +11,9 @@ count and the fastest wins, as for fp32 weights (`kernel_choice`); decisions sha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,9 @@ from sparsejit.plan.kernel_choice import (
     MAX_BLOCK_DENSITY,
     MAX_TIMED_ROWS,
     MIN_SPARSITY,
-    TIME_BUDGET_S,
     _read_decision,
     _write_decision,
+    time_candidates,
 )
 
 __all__ = ["QWeightKernels", "QKernel", "ENV_QPOLICY"]
@@ -138,21 +138,8 @@ class QWeightKernels:
         comp, scale = epilogue_vectors(p, 128, 0.01)
         bias = pad_columns(np.zeros(p.n, np.float32), p)
         kernels = {name: self._kernel(name, activation) for name in names}
-        best: dict[str, float] = {}
-        for name, kern in kernels.items():
-            kern(a_q, out, comp, scale, bias)  # compile / load, warm caches
-            t0 = time.perf_counter()
-            kern(a_q, out, comp, scale, bias)
-            best[name] = time.perf_counter() - t0
-        rounds = int(min(30, max(1, TIME_BUDGET_S / max(1e-7, min(best.values())))))
-        for _ in range(rounds):  # interleaved, so a burst of load on the machine hits every candidate
-            for name, kern in kernels.items():
-                if best[name] > 3 * min(best.values()):
-                    continue
-                t0 = time.perf_counter()
-                kern(a_q, out, comp, scale, bias)
-                best[name] = min(best[name], time.perf_counter() - t0)
-        return best
+        return time_candidates({name: functools.partial(kern, a_q, out, comp, scale, bias)
+                                for name, kern in kernels.items()})
 
     def _cache_key(self, m: int, activation: str | None, names: list[str]) -> str:
         if self._digest is None:
