@@ -23,6 +23,7 @@ from sparsejit.graph.ir import Node
 from sparsejit.graph.quant_ops import MS_DOMAIN, axis_shape, matmulnbits_weight
 from sparsejit.kernels.elementwise import as_rank2, elementwise_kernel
 from sparsejit.kernels.gemm import gemm, pack_b
+from sparsejit.kernels.gemm import matmul as simd_matmul
 from sparsejit.kernels.gemm_int8 import (
     _quantize_rows_kernel,
     convert_rows,
@@ -222,7 +223,8 @@ def _qlinear_matmul(node: Node, ctx: LowerContext) -> Step:
             qgemm(aq, packed, out, comp, scale, rowsum=rowsum, out_zero=zero_y)
 
         return run
-    # two activations (attention): exact integer products in float64, requantised like onnxruntime
+    # two activations (attention): exact integer products (float32 SIMD when provably exact, else
+    # float64 BLAS), requantised like onnxruntime
     if sb is None or zb is None:
         raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "run-time scales")
     lo, hi = _QRANGE[dtype]
@@ -230,8 +232,19 @@ def _qlinear_matmul(node: Node, ctx: LowerContext) -> Step:
     if mult is None:
         raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "per-column scales of an activation")
 
+    k = a.shape[-1]
+    # |a - za|, |b - zb| <= 255: with K * 255^2 < 2^24 every partial sum is an integer exact in float32,
+    # so the float32 SIMD product (any summation order) equals the float64 one
+    f32 = (k * 255 * 255 < 2 ** 24 and a.ndim == b.ndim >= 2 and a.shape[:-2] == b.shape[:-2]
+           and np.size(za) == 1 and np.size(zb) == 1)
+    acc32 = np.empty(out.shape, np.float32) if f32 else None
+
     def run_dynamic() -> None:
-        acc = np.matmul(a.astype(np.float64) - np.float64(za), b.astype(np.float64) - np.float64(zb))
+        if acc32 is not None:
+            simd_matmul(a.astype(np.float32) - np.float32(za), b.astype(np.float32) - np.float32(zb), acc32)
+            acc = acc32.astype(np.float64)
+        else:
+            acc = np.matmul(a.astype(np.float64) - np.float64(za), b.astype(np.float64) - np.float64(zb))
         y = np.rint((acc * mult).astype(np.float32)) + np.float32(zy)
         np.copyto(out, np.clip(y, lo, hi), casting="unsafe")
 
