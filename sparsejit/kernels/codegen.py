@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -67,3 +68,20 @@ def load_generated(name: str, source: str) -> ModuleType:
         spec.loader.exec_module(module)
         _loaded[module_name] = module
         return module
+
+
+_by_name: dict[str, ModuleType] = {}
+_by_name_lock = threading.Lock()
+
+
+def load_generated_once(name: str, make_source: Callable[[], str]) -> ModuleType:
+    """`load_generated(name, make_source())`, memoised by `name` (which must encode every parameter
+    of the source), so the source is generated and hashed once per process."""
+    module = _by_name.get(name)
+    if module is None:
+        with _by_name_lock:
+            module = _by_name.get(name)
+            if module is None:
+                module = load_generated(name, make_source())
+                _by_name[name] = module
+    return module

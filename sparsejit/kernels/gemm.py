@@ -24,16 +24,14 @@ source embeds a hash of this file and of `simd.py`, so editing either starts a f
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 from numba import get_num_threads, njit, set_parallel_chunksize
 
-from sparsejit.kernels.codegen import load_generated
+from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.simd import vbroadcast, verf, vfma, vmax, vmul, vtanh, vzero
 from sparsejit.kernels.threading import configure_threading
 from sparsejit.kernels.tiles import fma_tile, masked_store_tile, zero_tile
@@ -233,22 +231,9 @@ def _gen_gemm_source(k: int, n: int, mr: int, nr: int, act: str | None) -> str:
     return "\n".join(L)
 
 
-_kernels: dict[tuple[int, int, int, int, str | None], Any] = {}
-_kernels_lock = threading.Lock()
-
-
 def _kernel(k: int, n: int, mr: int, nr: int, act: str | None) -> Any:
-    key = (k, n, mr, nr, act)
-    fn = _kernels.get(key)
-    if fn is None:
-        with _kernels_lock:
-            fn = _kernels.get(key)
-            if fn is None:
-                module: ModuleType = load_generated(f"gemm_k{k}_n{n}_{mr}x{nr}_{act or 'id'}",
-                                                    _gen_gemm_source(k, n, mr, nr, act))
-                fn = module.gemm_kernel
-                _kernels[key] = fn
-    return fn
+    return load_generated_once(f"gemm_k{k}_n{n}_{mr}x{nr}_{act or 'id'}",
+                               lambda: _gen_gemm_source(k, n, mr, nr, act)).gemm_kernel
 
 
 def warmup(packed: PackedMatrix, activation: str | None = None, mr: int = DEFAULT_TILE[0]) -> None:
@@ -338,18 +323,19 @@ def gemm(
     kernel = _kernel(k, n, mr, packed.nr, activation)
     old = set_parallel_chunksize(1)  # dynamic task hand-out: robust when a core is busy
     try:
-        kernel(a_f, packed.data.reshape(-1), out_f, bias_f, res_f, m, _tiles_per_block(m, k, mr, packed),
+        kernel(a_f, packed.data.reshape(-1), out_f, bias_f, res_f, m, tiles_per_block(m, 4 * k, mr, packed.n_panels),
                has_bias, has_res)
     finally:
         set_parallel_chunksize(old)
 
 
-def _tiles_per_block(m: int, k: int, mr: int, packed: PackedMatrix) -> int:
-    """Row tiles per task: A block within the L2 budget, and enough tasks to balance 2+ threads."""
+def tiles_per_block(m: int, row_bytes: int, mr: int, n_panels: int, budget: int = _L2_A_BUDGET) -> int:
+    """Row tiles per task of a panel-major GEMM: the A block (MR-row tiles of `row_bytes` each row)
+    within an L2 `budget`, enough tasks to balance 2+ threads, and equal blocks."""
     n_mt = -(-m // mr)
-    tpb = max(1, min(n_mt, _L2_A_BUDGET // max(1, mr * k * 4)))
+    tpb = max(1, min(n_mt, budget // max(1, mr * row_bytes)))
     want_tasks = 4 * get_num_threads()
-    while tpb > 1 and packed.n_panels * (-(-n_mt // tpb)) < want_tasks:
+    while tpb > 1 and n_panels * (-(-n_mt // tpb)) < want_tasks:
         tpb = -(-tpb // 2)
     return -(-n_mt // -(-n_mt // tpb))  # the same number of tiles in every block
 
@@ -401,16 +387,12 @@ def _gen_matmul_source() -> str:
     return "\n".join(L)
 
 
-_matmul_kernel: Any = None
-
-
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """Batched out[..., M, N] = a[..., M, K] @ b[..., K, N] for float32 activations.
 
     Leading (batch) dims of `a`, `b` and `out` must be equal (no broadcasting); inputs that are not
     C-contiguous are copied. `out` must be C-contiguous float32 and must not overlap the inputs.
     """
-    global _matmul_kernel
     if a.ndim < 2 or b.ndim != a.ndim or out.ndim != a.ndim:
         raise ValueError("matmul expects a, b, out with the same rank >= 2")
     if a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
@@ -427,12 +409,9 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         return
     a_f = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
     b_f = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
-    if _matmul_kernel is None:
-        with _kernels_lock:
-            if _matmul_kernel is None:
-                _matmul_kernel = load_generated("matmul", _gen_matmul_source()).matmul_kernel
+    kernel = load_generated_once("matmul", _gen_matmul_source).matmul_kernel
     old = set_parallel_chunksize(1)
     try:
-        _matmul_kernel(a_f, b_f, out_f, batch, m, k, n)
+        kernel(a_f, b_f, out_f, batch, m, k, n)
     finally:
         set_parallel_chunksize(old)

@@ -15,17 +15,15 @@ Micro-kernels are generated per (K, N, MR, NR, activation) into the kernel cache
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
-from numba import get_num_threads, njit, prange, set_parallel_chunksize
+from numba import njit, prange, set_parallel_chunksize
 
-from sparsejit.kernels.codegen import load_generated
-from sparsejit.kernels.gemm import _ACT_FN, _aligned_empty, gemm_operands
+from sparsejit.kernels.codegen import load_generated_once
+from sparsejit.kernels.gemm import _ACT_FN, _aligned_empty, gemm_operands, tiles_per_block
 from sparsejit.kernels.threading import configure_threading
 
 __all__ = ["PackedBF16", "pack_b_bf16", "bgemm", "to_bf16", "to_bf16_rows", "DEFAULT_TILE_BF16"]
@@ -33,7 +31,6 @@ __all__ = ["PackedBF16", "pack_b_bf16", "bgemm", "to_bf16", "to_bf16_rows", "DEF
 configure_threading()
 
 DEFAULT_TILE_BF16 = (8, 48)
-_L2_A_BUDGET = 384 * 1024
 _HERE = Path(__file__)
 _DEPS = hashlib.sha1(b"".join(p.read_bytes() for p in (
     _HERE, _HERE.with_name("simd.py"), _HERE.with_name("simd_int8.py"), _HERE.with_name("gemm.py")))
@@ -42,11 +39,10 @@ _DEPS = hashlib.sha1(b"".join(p.read_bytes() for p in (
 
 def to_bf16(x: np.ndarray) -> np.ndarray:
     """float32 -> bf16 bit patterns (uint16), rounded to nearest, ties to even; NaN stays NaN."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    rounded = np.where(nan, (u >> np.uint32(16)) | np.uint32(0x40), rounded)
-    return rounded.astype(np.uint16)
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.empty(flat.size, np.uint16)
+    _to_bf16_rows_kernel(flat, out, 1, flat.size, flat.size)
+    return out.reshape(np.shape(x))
 
 
 @dataclass(frozen=True)
@@ -197,46 +193,29 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None) -> str:
     return "\n".join(L)
 
 
-_kernels: dict[tuple, Any] = {}
-_lock = threading.Lock()
-
-
 def _kernel(k: int, n: int, mr: int, nr: int, act: str | None) -> Any:
-    key = (k, n, mr, nr, act)
-    fn = _kernels.get(key)
-    if fn is None:
-        with _lock:
-            fn = _kernels.get(key)
-            if fn is None:
-                module: ModuleType = load_generated(f"bgemm_k{k}_n{n}_{mr}x{nr}_{act or 'id'}",
-                                                    _gen_source(k, n, mr, nr, act))
-                fn = module.bgemm_kernel
-                _kernels[key] = fn
-    return fn
-
-
-def _tiles_per_block(m: int, kp: int, mr: int, n_panels: int) -> int:
-    n_mt = -(-m // mr)
-    tpb = max(1, min(n_mt, _L2_A_BUDGET // max(1, mr * kp * 2)))
-    want_tasks = 4 * get_num_threads()
-    while tpb > 1 and n_panels * (-(-n_mt // tpb)) < want_tasks:
-        tpb = -(-tpb // 2)
-    return -(-n_mt // -(-n_mt // tpb))
+    return load_generated_once(f"bgemm_k{k}_n{n}_{mr}x{nr}_{act or 'id'}",
+                               lambda: _gen_source(k, n, mr, nr, act)).bgemm_kernel
 
 
 def bgemm(a: np.ndarray, packed: PackedBF16, out: np.ndarray, bias: np.ndarray | None = None,
           activation: str | None = None, residual: np.ndarray | None = None,
-          mr: int = DEFAULT_TILE_BF16[0]) -> None:
-    """out = act(bf16(a) @ W + bias) + residual: the contract of `gemm.gemm`, with a bf16 weight."""
+          mr: int = DEFAULT_TILE_BF16[0], scratch: np.ndarray | None = None) -> None:
+    """out = act(bf16(a) @ W + bias) + residual: the contract of `gemm.gemm`, with a bf16 weight.
+
+    `scratch` (uint16 [M, KP]) receives the bf16 activations; a caller running the same shape again
+    passes one so no buffer is allocated per call.
+    """
     ops = gemm_operands(a, packed.k, packed.n, out, bias, residual, activation)
     if ops is None:
         return
-    a_bf = np.empty((ops.m, packed.kp), np.uint16)
+    shape = (ops.m, packed.kp)
+    a_bf = scratch if scratch is not None and scratch.shape == shape else np.empty(shape, np.uint16)
     to_bf16_rows(ops.a, a_bf)
     kernel = _kernel(packed.k, packed.n, mr, packed.nr, activation)
     old = set_parallel_chunksize(1)
     try:
         kernel(a_bf.reshape(-1).view(np.uint8), packed.data, ops.out, ops.bias, ops.res, ops.m,
-               _tiles_per_block(ops.m, packed.kp, mr, packed.n_panels), ops.has_bias, ops.has_res)
+               tiles_per_block(ops.m, 2 * packed.kp, mr, packed.n_panels), ops.has_bias, ops.has_res)
     finally:
         set_parallel_chunksize(old)

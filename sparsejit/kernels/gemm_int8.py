@@ -29,17 +29,15 @@ Micro-kernels are generated per (K, N, MR, NR, activation, output kind) into the
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 from numba import get_num_threads, njit, prange, set_parallel_chunksize
 
-from sparsejit.kernels.codegen import load_generated
-from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty
+from sparsejit.kernels.codegen import load_generated_once
+from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty, tiles_per_block
 from sparsejit.kernels.simd import vbroadcast, vdiv, viadd, vibroadcast, vizero, vload, vload_mask, vmax, vmin, vzero
 from sparsejit.kernels.simd_int8 import (
     vcvt_f2i,
@@ -372,31 +370,9 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool) 
     return "\n".join(L)
 
 
-_kernels: dict[tuple, Any] = {}
-_lock = threading.Lock()
-
-
 def _kernel(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool) -> Any:
-    key = (k, n, mr, nr, act, out_q)
-    fn = _kernels.get(key)
-    if fn is None:
-        with _lock:
-            fn = _kernels.get(key)
-            if fn is None:
-                tag = f"qgemm_k{k}_n{n}_{mr}x{nr}_{act or 'id'}_{'q' if out_q else 'f'}"
-                module: ModuleType = load_generated(tag, _gen_source(k, n, mr, nr, act, out_q))
-                fn = module.qgemm_kernel
-                _kernels[key] = fn
-    return fn
-
-
-def _tiles_per_block(m: int, kp: int, mr: int, n_panels: int) -> int:
-    n_mt = -(-m // mr)
-    tpb = max(1, min(n_mt, _L2_A_BUDGET // max(1, mr * kp)))
-    want_tasks = 4 * get_num_threads()
-    while tpb > 1 and n_panels * (-(-n_mt // tpb)) < want_tasks:
-        tpb = -(-tpb // 2)
-    return tpb
+    tag = f"qgemm_k{k}_n{n}_{mr}x{nr}_{act or 'id'}_{'q' if out_q else 'f'}"
+    return load_generated_once(tag, lambda: _gen_source(k, n, mr, nr, act, out_q)).qgemm_kernel
 
 
 _EMPTY_F = np.zeros(16, dtype=np.float32)
@@ -440,7 +416,7 @@ def qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, comp: np.ndarray
     old = set_parallel_chunksize(1)
     try:
         kernel(a_q.reshape(-1), packed.data, out_f, comp, scale, bias_f, res_f, rs, packed.zero, m,
-               _tiles_per_block(m, packed.kp, mr, packed.n_panels), residual is not None, packed.has_zero,
+               tiles_per_block(m, packed.kp, mr, packed.n_panels, _L2_A_BUDGET), residual is not None, packed.has_zero,
                int(out_zero), qlo, qhi)
     finally:
         set_parallel_chunksize(old)

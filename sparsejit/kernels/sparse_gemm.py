@@ -26,14 +26,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 from llvmlite import ir
 from numba import get_num_threads, njit, prange, set_parallel_chunksize, types
 from numba.extending import intrinsic
 
-from sparsejit.kernels.codegen import load_generated
+from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _aligned_empty, _check_activation, gemm_operands
 from sparsejit.kernels.simd import _elem_ptr
 from sparsejit.kernels.threading import configure_threading
@@ -320,25 +319,9 @@ def _gen_csc_source(mv: int, unroll: int, act: str | None) -> str:
     return "\n".join(L)
 
 
-_kernels: dict[tuple, Any] = {}
-_lock = threading.Lock()
-
-
-def _load(key: tuple, name: str, make_source: Any) -> ModuleType:
-    mod = _kernels.get(key)
-    if mod is None:
-        with _lock:
-            mod = _kernels.get(key)
-            if mod is None:
-                mod = load_generated(name, make_source())
-                _kernels[key] = mod
-    return mod
-
-
 def _block_module(bw: int, act: str | None) -> ModuleType:
     mr = _BLOCK_MR[bw]
-    return _load(("block", bw, act), f"sparse_block{bw}_{act or 'id'}",
-                 lambda: _gen_block_source(bw, mr, act))
+    return load_generated_once(f"sparse_block{bw}_{act or 'id'}", lambda: _gen_block_source(bw, mr, act))
 
 
 def _csc_mv(m: int) -> int:
@@ -347,8 +330,7 @@ def _csc_mv(m: int) -> int:
 
 def _csc_module(mv: int, act: str | None) -> ModuleType:
     unroll = max(1, 8 // mv)
-    return _load(("csc", mv, act), f"sparse_csc{mv}_{act or 'id'}",
-                 lambda: _gen_csc_source(mv, unroll, act))
+    return load_generated_once(f"sparse_csc{mv}_{act or 'id'}", lambda: _gen_csc_source(mv, unroll, act))
 
 
 @njit(parallel=True, cache=True)

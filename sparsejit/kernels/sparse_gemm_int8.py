@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 from numba import get_num_threads, set_parallel_chunksize
 
-from sparsejit.kernels.codegen import load_generated
+from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty
 from sparsejit.kernels.threading import configure_threading
 
@@ -182,22 +180,9 @@ def _gen_source(bw: int, mr: int, act: str | None) -> str:
     return "\n".join(L)
 
 
-_kernels: dict[tuple[int, int, str | None], Any] = {}
-_lock = threading.Lock()
-
-
 def _kernel(bw: int, mr: int, act: str | None) -> Any:
-    key = (bw, mr, act)
-    fn = _kernels.get(key)
-    if fn is None:
-        with _lock:
-            fn = _kernels.get(key)
-            if fn is None:
-                module: ModuleType = load_generated(f"block_qgemm_4x{bw}_{mr}_{act or 'id'}",
-                                                    _gen_source(bw, mr, act))
-                fn = module.block_qgemm_kernel
-                _kernels[key] = fn
-    return fn
+    return load_generated_once(f"block_qgemm_4x{bw}_{mr}_{act or 'id'}",
+                               lambda: _gen_source(bw, mr, act)).block_qgemm_kernel
 
 
 @functools.lru_cache(maxsize=4096)

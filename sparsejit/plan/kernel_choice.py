@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -80,10 +80,17 @@ class BF16Kernel:
     packed: PackedBF16
     activation: str | None
     name: str = "dense"
+    # bf16 activations of the last row count; one instance serves one plan step (plans run one call
+    # at a time), so the buffer is never shared between concurrent calls
+    _scratch: list = field(default_factory=list, repr=False, compare=False)
 
     def __call__(self, a: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
                  residual: np.ndarray | None = None) -> None:
-        bgemm(a, self.packed, out, bias=bias, activation=self.activation, residual=residual)
+        m = a.size // self.packed.k if self.packed.k else 0
+        if not self._scratch or self._scratch[0].shape[0] != m:
+            self._scratch[:] = [np.empty((m, self.packed.kp), np.uint16)]
+        bgemm(a, self.packed, out, bias=bias, activation=self.activation, residual=residual,
+              scratch=self._scratch[0])
 
 
 @dataclass(frozen=True)
