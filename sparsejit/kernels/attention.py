@@ -1,11 +1,13 @@
 """Fused multi-head attention over projections in their own [batch, seq, heads*head_size] layout.
 
-One task per (batch, head): Kᵀ and V of the head are packed once into zero-padded panels, then
-blocks of eight query rows get their scores (explicit 16-lane FMAs, eight rows sharing each Kᵀ load),
-the additive bias row (masks, position biases), the softmax numerator exp(s - max) and the weighted
-sum of V; the 1 / sum of the softmax is applied to the output row, not to every probability. Scores exist one
-row block at a time, never as a [batch, heads, seq, seq] tensor. The kernel is generated per head
-size (its accumulators are unrolled) and cached like every generated kernel.
+One task per (batch, head): Kᵀ of the head is packed once into zero-padded panels (16 x 16 blocks
+transposed in registers), then blocks of eight query rows get their scores (explicit 16-lane FMAs,
+eight rows sharing each Kᵀ load) with the scale, the additive bias row (masks, position biases) and
+the key padding applied as they are stored and the row max kept on the way; then the softmax
+numerator exp(s - max) and the weighted sum of V, read in place. The 1 / sum of the softmax is
+applied to the output row, not to every probability. Scores exist one row block at a time, never as
+a [batch, heads, seq, seq] tensor. The kernel is generated per head size (its accumulators are
+unrolled) and cached like every generated kernel.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ def _source(d: int) -> str:
     lines = ["import math",
              "import numpy as np",
              "from numba import njit, prange",
-             "from sparsejit.kernels.simd import (vadd, vbroadcast, vexp, vfma, vhsum, vload, vload_bcast,",
-             "                                    vload_mask, vmax, vmul, vstore, vsub, vzero)",
+             "from sparsejit.kernels.simd import (vadd, vblend_lt, vbroadcast, vexp, vfma, vhsum, vload,",
+             "                                    vload_bcast, vload_mask, vmax, vmul, vstore, vsub,",
+             "                                    vtranspose16, vzero)",
              "from sparsejit.kernels.normalization import _hmax",
+             "",
+             "LANE = np.arange(16, dtype=np.float32)",
              "",
              "",
              "@njit(parallel=True, cache=True, nogil=True)",
@@ -40,22 +45,19 @@ def _source(d: int) -> str:
              "    vf = v.reshape(-1)",
              "    of = out.reshape(-1)",
              "    bf = bias.reshape(-1)",
+             "    lane = vload(LANE, 0)",
+             "    ninf = vbroadcast(-np.inf)",
              "    for task in prange(batch * heads):",
              "        bi = task // heads",
              "        hi = task - bi * heads",
              "        off = hi * d",
              "        kt = np.empty(d * skp, dtype=np.float32)",
-             "        vh = np.empty(sk * d, dtype=np.float32)",
-             "        for j in range(sk):",
-             "            src = (bi * sk + j) * width + off",
-             "            for e in range(d):",
-             "                kt[e * skp + j] = kf[src + e]",
-             "            for e in range(0, d, 16):",
-             "                vstore(vh, j * d + e, vload(vf, src + e))",
-             "        for e in range(d):",
-             "            for j in range(sk, skp):",
-             "                kt[e * skp + j] = 0.0",
+             "        for j0 in range(0, skp, 16):  # K^T of the head, keys past sk zero",
+             "            for e0 in range(0, d, 16):",
+             "                vtranspose16(kf, (bi * sk + j0) * width + off + e0, width, sk - j0, kt, e0 * skp + j0,",
+             "                             skp)",
              f"        sc = np.empty({_ROWS} * skp, dtype=np.float32)",
+             f"        mx = np.empty({_ROWS}, dtype=np.float32)",
              f"        inv = np.empty({_ROWS}, dtype=np.float32)",
              "        vscale = vbroadcast(scale)",
              f"        for i0 in range(0, sq, {_ROWS}):",
@@ -63,7 +65,13 @@ def _source(d: int) -> str:
              ]
     for r in range(_ROWS):
         lines.append(f"            qo{r} = (bi * sq + min(i0 + {r}, sq - 1)) * width + off")
+        lines.append(f"            bb{r} = bi * sb + hi * sh + min(i0 + {r}, sq - 1) * si")
+        lines.append(f"            vm{r} = ninf")
     lines.append("            for jb in range(0, skp, 32):")
+    lines.append("                n0 = min(max(sk - jb, 0), 16)")
+    lines.append("                n1 = min(max(sk - jb - 16, 0), 16)")
+    lines.append("                lim0 = vbroadcast(n0)")
+    lines.append("                lim1 = vbroadcast(n1)")
     for r in range(_ROWS):
         lines.append(f"                a{r} = vzero()")
         lines.append(f"                b{r} = vzero()")
@@ -74,24 +82,22 @@ def _source(d: int) -> str:
         lines.append(f"                    qb = vload_bcast(qf, qo{r} + e)")
         lines.append(f"                    a{r} = vfma(qb, kv, a{r})")
         lines.append(f"                    b{r} = vfma(qb, kw, b{r})")
+    # scale, additive bias (masks, position terms) and key padding (-inf) applied as the scores are
+    # stored; the row max is kept on the way
     for r in range(_ROWS):
-        lines.append(f"                vstore(sc, {r} * skp + jb, vmul(a{r}, vscale))")
-        lines.append(f"                vstore(sc, {r} * skp + jb + 16, vmul(b{r}, vscale))")
+        lines.append(f"                x = vfma(a{r}, vscale, vload_mask(bf, bb{r} + jb, n0))")
+        lines.append(f"                y = vfma(b{r}, vscale, vload_mask(bf, bb{r} + jb + 16, n1))")
+        lines.append("                x = vblend_lt(lane, lim0, x, ninf)")
+        lines.append("                y = vblend_lt(lane, lim1, y, ninf)")
+        lines.append(f"                vstore(sc, {r} * skp + jb, x)")
+        lines.append(f"                vstore(sc, {r} * skp + jb + 16, y)")
+        lines.append(f"                vm{r} = vmax(vmax(vm{r}, x), y)")
+    for r in range(_ROWS):
+        lines.append(f"            mx[{r}] = _hmax(vm{r}, True)")
     lines += [
         "            for r in range(rows):",
-        "                i = i0 + r",
         "                row = r * skp",
-        "                bbase = bi * sb + hi * sh + i * si",
-        "                vm = vbroadcast(-np.inf)",
-        "                for jb in range(0, skp, 16):",
-        "                    n = min(16, sk - jb)",
-        "                    if n < 16:  # key padding: -inf, so exp gives 0",
-        "                        for t in range(max(n, 0), 16):",
-        "                            sc[row + jb + t] = -np.inf",
-        "                    x = vadd(vload(sc, row + jb), vload_mask(bf, bbase + jb, max(n, 0)))",
-        "                    vstore(sc, row + jb, x)",
-        "                    vm = vmax(vm, x)",
-        "                m = _hmax(vm, True)",
+        "                m = mx[r]",
         "                if m == -np.inf or m != m:  # every key masked: the row is 0 (or NaN, as ONNX)",
         "                    vfill = vbroadcast(np.float32(0.0) if nan_to_zero else np.float32(np.nan))",
         "                    for jb in range(0, skp, 16):",
@@ -112,8 +118,9 @@ def _source(d: int) -> str:
         for c in range(nv):
             lines.append(f"                o{r}_{c} = vzero()")
     lines.append("                for j in range(sk):")
+    lines.append("                    vrow = (bi * sk + j) * width + off")
     for c in range(nv):
-        lines.append(f"                    w{c} = vload(vh, j * d + {16 * c})")
+        lines.append(f"                    w{c} = vload(vf, vrow + {16 * c})")
     for r in range(pv_rows):
         lines.append(f"                    p{r} = vload_bcast(sc, min(r0 + {r}, rows - 1) * skp + j)")
         for c in range(nv):

@@ -15,7 +15,8 @@ fp32 (`Vec16f`):
     (one element broadcast to all lanes), vload_mask(a, off, n), vstore(a, off, v), vstore_a,
     vstore_mask(a, off, v, n) (first `n` lanes only, 0 <= n <= 16), vadd, vsub, vmul, vdiv, vmax,
     vmin, vfma(a, b, c) = a * b + c, vhsum(v), vextract(v, i), vblend_lt(x, y, a, b) = x < y ? a : b,
-    vabs, vprefetch(a, off) (cache line into L2).
+    vabs, vprefetch(a, off) (cache line into L2),
+    vtranspose16(src, soff, sstride, nrows, dst, doff, dstride) (a 16 x 16 block, in registers).
     verf(v), vtanh(v): rational approximations (max abs error ~1e-7 in float32), no exp needed.
 int32 (`Vec16i`):
     vizero(), vibroadcast(x), viload(a, off), vistore(a, off, v), viadd, vdpbusd(acc, u8x4, s8x4)
@@ -34,7 +35,7 @@ __all__ = [
     "vzero", "vbroadcast", "vload", "vload_a", "vload_bcast", "vload_mask",
     "vstore", "vstore_a", "vstore_mask",
     "vadd", "vsub", "vmul", "vdiv", "vmax", "vmin", "vfma", "vabs", "vhsum", "vextract", "vblend_lt",
-    "vprefetch",
+    "vprefetch", "vtranspose16",
     "verf", "vtanh", "vexp", "vfloor", "vpow2i",
     "vizero", "vibroadcast", "viload", "vistore", "viadd", "vdpbusd", "vdpbf16ps", "vcvt_i2f",
 ]
@@ -320,6 +321,57 @@ def vprefetch(typingctx, arr, off):
                         [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 2), ir.Constant(_I32, 1)])
         return context.get_dummy_value()
     return types.none(arr, types.intp), codegen
+
+
+def _block_swap_masks(b: int) -> tuple[list[int], list[int]]:
+    """Shuffle masks that swap the off-diagonal b x b blocks of rows (r, r + b) (one transpose stage)."""
+    low = [c if c & b == 0 else LANES + c - b for c in range(LANES)]
+    high = [c + b if c & b == 0 else LANES + c for c in range(LANES)]
+    return low, high
+
+
+@intrinsic
+def vtranspose16(typingctx, src, soff, sstride, nrows, dst, doff, dstride):
+    """dst[doff + c*dstride + r] = src[soff + r*sstride + c] for a 16 x 16 float32 block, in registers.
+
+    Rows r >= `nrows` of the source are read as zeros (their memory is not touched). Four stages of
+    block swaps (8, 4, 2, 1) of two-register shuffles: 64 shuffles for 256 elements, where a scalar
+    transpose needs 256 loads and 256 strided stores.
+    """
+    if not (_is_array_of(src, types.float32) and _is_array_of(dst, types.float32)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        s_ary, s_off, s_stride, n, d_ary, d_off, d_stride = args
+        zero = ir.Constant(_VF, [0.0] * LANES)
+        rows = []
+        for r in range(LANES):
+            off = builder.add(s_off, builder.mul(s_stride, ir.Constant(s_stride.type, r)))
+            ptr = builder.bitcast(_elem_ptr(context, builder, sig.args[0], s_ary, off), _VF.as_pointer())
+            present = builder.icmp_signed(">", n, ir.Constant(n.type, r))
+            mask = _splat_bool(builder, present)
+            rows.append(_call_intrinsic(builder, "llvm.masked.load.v16f32.p0", _VF,
+                                        [ptr, ir.Constant(_I32, 4), mask, zero]))
+        for b in (8, 4, 2, 1):
+            low, high = _block_swap_masks(b)
+            for r in range(LANES):
+                if r & b:
+                    continue
+                x, y = rows[r], rows[r + b]
+                rows[r] = builder.shuffle_vector(x, y, ir.Constant(_VI, low))
+                rows[r + b] = builder.shuffle_vector(x, y, ir.Constant(_VI, high))
+        for c in range(LANES):
+            off = builder.add(d_off, builder.mul(d_stride, ir.Constant(d_stride.type, c)))
+            ptr = _elem_ptr(context, builder, sig.args[4], d_ary, off)
+            builder.store(rows[c], builder.bitcast(ptr, _VF.as_pointer()), align=4)
+        return context.get_dummy_value()
+    return types.none(src, types.intp, types.intp, types.intp, dst, types.intp, types.intp), codegen
+
+
+def _splat_bool(builder, flag):  # type: ignore[no-untyped-def]
+    undef = ir.Constant(_VB, ir.Undefined)
+    first = builder.insert_element(undef, flag, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(first, undef, ir.Constant(_VI, [0] * LANES))
 
 
 # ----------------------------------------------------------------------------------------------
