@@ -46,8 +46,8 @@ def _reference(q, k, v, bias, heads, scale, nan_to_zero):  # type: ignore[no-unt
 
 @pytest.mark.parametrize("batch,sq,sk,heads,d,bias_shape", [
     (2, 128, 128, 4, 64, "b11k"),    # BERT-like padding mask
-    (1, 13, 45, 3, 32, "bhqk"),      # odd lengths: key padding inside a 32-key block, a partial row block
-    (3, 9, 16, 2, 16, "1hqk"),       # position-bias-like term broadcast over batch
+    (1, 13, 45, 3, 16, "bhqk"),      # odd lengths: key padding inside a 32-key block, a partial row block
+    (3, 9, 16, 2, 16, "1hqk"),       # position-bias-like term broadcast over batch (one kernel per head size)
     (1, 40, 70, 2, 80, "b1qk"),      # head size 80 (5 vectors)
 ])
 @pytest.mark.parametrize("nan_to_zero", [True, False])
