@@ -1,4 +1,5 @@
-"""Block-sparse int8 (4 x BW blocks, VNNI) kernels and their timed choice for int8 weights.
+"""Block-sparse int8 (4 x BW blocks, VNNI; 4 x 1 blocks vectorised along M) kernels and their timed
+choice for int8 weights.
 
 The sparse kernel computes the same exact int32 products as the dense VNNI kernel and the same
 epilogue, so the two must agree bit for bit (an independent reference: `qgemm`, itself checked
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from sparsejit.kernels import sparse_gemm_int8 as SQ
+from sparsejit.kernels import sparse_gemm_int8_4x1 as SQ1
 from sparsejit.kernels.gemm_int8 import epilogue_vectors, pack_b_int8, pad_columns, qgemm, quantize_rows
 from sparsejit.plan import qkernel_choice as QC
 
@@ -54,6 +56,39 @@ def test_block_qgemm_equals_dense_vnni(bw: int, m: int, k: int, n: int, act: str
         got = np.full((m, n), np.nan, np.float32)
         SQ.block_qgemm(a_q, sparse, got, comp, scale, bias, act, residual)
         np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("m,k,n,act", CASES)
+def test_4x1_qgemm_equals_dense_vnni(m: int, k: int, n: int, act: str | None) -> None:
+    rng = np.random.default_rng(m + k + n + 1)
+    w = _pruned_int8(rng, k, n, 0.8, bw=1)
+    packed, a_q, comp, scale, bias, res = _operands(rng, m, w)
+    sparse = SQ1.ksparse_int8(w)
+    assert np.array_equal(sparse.to_dense(), w)
+    scratch = np.empty(SQ1.lanes_scratch_size(m, packed.kp), np.int32)
+    for residual, buf in ((None, None), (res, scratch)):
+        ref = np.empty((m, n), np.float32)
+        qgemm(a_q, packed, ref, comp, scale, bias, act, residual)
+        got = np.full((m, n), np.nan, np.float32)
+        SQ1.ksparse_qgemm(a_q, sparse, got, comp, scale, bias, act, residual, buf)
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_4x1_storage_and_errors() -> None:
+    rng = np.random.default_rng(3)
+    w = _pruned_int8(rng, 768, 768, 0.9, bw=1)
+    sparse = SQ1.ksparse_int8(w)
+    assert abs(sparse.density - 0.1) < 0.02 and sparse.nbytes < 0.25 * w.nbytes
+    zero = SQ1.ksparse_int8(np.zeros((10, 20), np.int8))
+    assert zero.nnz_blocks == 0
+    with pytest.raises(ValueError, match="int8"):
+        SQ1.ksparse_int8(w.astype(np.int16))
+    with pytest.raises(ValueError, match="a_q"):
+        SQ1.ksparse_qgemm(np.zeros((4, 10), np.uint8), sparse, np.zeros((4, 768), np.float32),
+                          np.zeros(768, np.int32), np.zeros(768, np.float32))
+    with pytest.raises(ValueError, match="activation"):
+        SQ1.ksparse_qgemm(np.zeros((4, 768), np.uint8), sparse, np.zeros((4, 768), np.float32),
+                          np.zeros(768, np.int32), np.zeros(768, np.float32), activation="swish")
 
 
 def test_all_zero_weight_gives_bias() -> None:
@@ -153,7 +188,7 @@ def test_pruned_int8_model_matches_onnxruntime(monkeypatch: pytest.MonkeyPatch, 
     feed = _feed(sess)
     ref = sess.run(None, feed)[0]
     outputs = {}
-    for policy in ("dense", "qblock16", "qblock32", "auto"):
+    for policy in ("dense", "qblock1", "qblock16", "qblock32", "auto"):
         monkeypatch.setenv(QC.ENV_QPOLICY, policy)
         engine = sparsejit.compile(pruned_int8_model, batch_size=2, sequence_length=[16, 48])
         got = engine.run(feed)[sess.get_outputs()[0].name]
@@ -163,5 +198,5 @@ def test_pruned_int8_model_matches_onnxruntime(monkeypatch: pytest.MonkeyPatch, 
         assert chosen and (policy == "auto" or chosen == {policy}), (policy, chosen)
         outputs[policy] = got
     # same integer products and epilogue whichever kernel runs: bit-identical outputs
-    for policy in ("qblock16", "qblock32", "auto"):
+    for policy in ("qblock1", "qblock16", "qblock32", "auto"):
         np.testing.assert_array_equal(outputs[policy], outputs["dense"])

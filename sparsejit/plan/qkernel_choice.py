@@ -1,11 +1,13 @@
 """Choose the kernel of each int8 weight (`sparsejit::QMatMul`) by timing the candidates at load.
 
 Candidates: the dense VNNI GEMM (`gemm_int8.qgemm`) and, for a symmetric weight (zero point 0, so a
-pruned entry is exactly 0) at least `MIN_SPARSITY` sparse, the 4 x BW block-sparse VNNI kernels
-(`sparse_gemm_int8`) whose block density leaves them a chance. Each is run on the layer's real row
+pruned entry is exactly 0) at least `MIN_SPARSITY` sparse, the block-sparse VNNI kernels whose block
+density leaves them a chance: 4 x BW blocks with lanes along N (`sparse_gemm_int8`, ``qblock16/32/64``)
+and 4 x 1 blocks with lanes along M (`sparse_gemm_int8_4x1`, ``qblock1``). Each is run on the layer's real row
 count and the fastest wins, as for fp32 weights (`kernel_choice`); decisions share its disk cache.
 
-`SPARSEJIT_QMATMUL_KERNEL` = auto (default) | dense | qblock16 | qblock32 | qblock64 forces a choice.
+`SPARSEJIT_QMATMUL_KERNEL` = auto (default) | dense | qblock1 | qblock16 | qblock32 | qblock64 forces a
+choice.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from numba import get_num_threads
 
 from sparsejit.graph.sparsity import block_density
 from sparsejit.kernels import sparse_gemm_int8 as sq
+from sparsejit.kernels import sparse_gemm_int8_4x1 as sq1
 from sparsejit.kernels.codegen import kernel_dir
 from sparsejit.kernels.gemm_int8 import PackedInt8, epilogue_vectors, pad_columns, qgemm
 from sparsejit.plan.kernel_choice import (
@@ -37,9 +40,11 @@ from sparsejit.plan.kernel_choice import (
 __all__ = ["QWeightKernels", "QKernel", "ENV_QPOLICY"]
 
 ENV_QPOLICY = "SPARSEJIT_QMATMUL_KERNEL"
-_POLICIES = ("auto", "dense") + tuple(f"qblock{bw}" for bw in sq.INT8_BLOCK_WIDTHS)
+_BLOCK_WIDTHS = (1,) + sq.INT8_BLOCK_WIDTHS  # 4 x BW blocks; BW = 1 is the M-vectorised kernel
+_POLICIES = ("auto", "dense") + tuple(f"qblock{bw}" for bw in _BLOCK_WIDTHS)
 _SRC_HASH = hashlib.sha1(b"".join(p.read_bytes() for p in (
-    Path(__file__), Path(sq.__file__), Path(sq.__file__).with_name("gemm_int8.py")))).hexdigest()[:12]
+    Path(__file__), Path(sq.__file__), Path(sq1.__file__), Path(sq.__file__).with_name("gemm_int8.py"),
+))).hexdigest()[:12]
 
 # kernel(a_q, out, comp, scale, bias, residual, rowsum): float32 out = act(dequant(a_q @ W) + bias) + res
 QKernel = Callable[..., None]
@@ -75,14 +80,15 @@ class QWeightKernels:
             return [policy]
         if self.sparsity < MIN_SPARSITY:
             return ["dense"]
-        return ["dense"] + [f"qblock{bw}" for bw in sq.INT8_BLOCK_WIDTHS
+        return ["dense"] + [f"qblock{bw}" for bw in _BLOCK_WIDTHS
                             if block_density(self._w, (4, bw)) <= MAX_BLOCK_DENSITY]
 
     def _form(self, name: str) -> Any:
         form = self._forms.get(name)
         if form is None:
             assert self._w is not None, "the weight was released before every bucket chose its kernel"
-            form = sq.block_sparse_int8(self._w, int(name[len("qblock"):]))
+            bw = int(name[len("qblock"):])
+            form = sq1.ksparse_int8(self._w) if bw == 1 else sq.block_sparse_int8(self._w, bw)
             self._forms[name] = form
         return form
 
@@ -92,6 +98,16 @@ class QWeightKernels:
             def dense(a_q, out, comp, scale, bias=None, residual=None, rowsum=None):  # type: ignore[no-untyped-def]
                 qgemm(a_q, form, out, comp, scale, bias, activation, residual, rowsum)
             return dense
+
+        if name == "qblock1":
+            scratch: list[np.ndarray] = []  # the activation in 16-row lanes, reused call after call
+
+            def lanes(a_q, out, comp, scale, bias=None, residual=None, rowsum=None):  # type: ignore[no-untyped-def]
+                size = sq1.lanes_scratch_size(a_q.shape[0], form.kp)
+                if not scratch or scratch[0].size < size:
+                    scratch[:] = [np.empty(size, np.int32)]
+                sq1.ksparse_qgemm(a_q, form, out, comp, scale, bias, activation, residual, scratch[0])
+            return lanes
 
         def block(a_q, out, comp, scale, bias=None, residual=None, rowsum=None):  # type: ignore[no-untyped-def]
             sq.block_qgemm(a_q, form, out, comp, scale, bias, activation, residual)
