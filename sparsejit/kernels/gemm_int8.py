@@ -29,6 +29,7 @@ Micro-kernels are generated per (K, N, MR, NR, activation, output kind) into the
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from sparsejit.kernels.simd_int8 import (
 from sparsejit.kernels.threading import configure_threading
 
 __all__ = ["PackedInt8", "pack_b_int8", "qgemm", "quantize_rows", "dynamic_params", "convert_rows",
-           "DEFAULT_TILE_INT8", "epilogue_vectors", "pad_columns"]
+           "DEFAULT_TILE_INT8", "epilogue_vectors", "epilogue_vectors_into", "pad_columns", "bind_qgemm"]
 
 configure_threading()
 
@@ -388,6 +389,18 @@ def qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, comp: np.ndarray
     `activation`, `residual` fused) or uint8/int8 [..., N] (requantised with `out_zero`, saturating).
     `rowsum` (int32 [M]) is required when the weight has a non-zero zero point.
     """
+    bind_qgemm(a_q, packed, out, bias, activation, residual, rowsum, out_zero, mr)(comp, scale)
+
+
+def bind_qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, bias: np.ndarray | None = None,
+               activation: str | None = None, residual: np.ndarray | None = None,
+               rowsum: np.ndarray | None = None, out_zero: int = 0,
+               mr: int = DEFAULT_TILE_INT8[0]) -> Callable[[np.ndarray, np.ndarray], None]:
+    """`qgemm` with its operands fixed: checks, views and kernel lookup done once, here.
+
+    Returns `run(comp, scale)`, which reads the current contents of `a_q`, `residual` and `rowsum`
+    and writes `out` (a plan step's buffers stay put; only their data changes from call to call).
+    """
     if activation not in ACTIVATIONS:
         raise ValueError(f"unsupported activation {activation!r}")
     m = a_q.shape[0]
@@ -396,7 +409,7 @@ def qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, comp: np.ndarray
     if out.size != m * packed.n:
         raise ValueError(f"out has {out.size} elements, expected {m}x{packed.n}")
     if m == 0 or packed.n == 0:
-        return
+        return lambda comp, scale: None
     out_q = out.dtype != np.float32
     if packed.has_zero and rowsum is None:
         raise ValueError("this weight has a non-zero zero point: pass the activation row sums")
@@ -407,19 +420,30 @@ def qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, comp: np.ndarray
         if bias_f.size != pad or bias_f.dtype != np.float32:
             bias_f = pad_columns(bias_f, packed)
     res_f = _EMPTY_F if residual is None else np.ascontiguousarray(residual, dtype=np.float32).reshape(-1)
-    if residual is not None and np.may_share_memory(res_f, out):
-        res_f = res_f.copy()
+    res_src = None
+    if residual is not None and (np.may_share_memory(res_f, out) or not np.may_share_memory(res_f, residual)):
+        res_src, res_f = residual, np.empty(res_f.size, np.float32)  # a copy taken at every call
     qlo, qhi = (-128, 127) if out.dtype == np.int8 else (0, 255)
     out_f = out.reshape(-1).view(np.uint8) if out_q else out.reshape(-1)
+    if not np.may_share_memory(out_f, out):
+        raise ValueError("out must be C-contiguous")
     kernel = _kernel(packed.k, packed.n, mr, packed.nr, activation if not out_q else None, out_q)
     rs = rowsum if rowsum is not None else _NO_ROWSUM
-    old = set_parallel_chunksize(1)
-    try:
-        kernel(a_q.reshape(-1), packed.data, out_f, comp, scale, bias_f, res_f, rs, packed.zero, m,
-               tiles_per_block(m, packed.kp, mr, packed.n_panels, _L2_A_BUDGET), residual is not None, packed.has_zero,
-               int(out_zero), qlo, qhi)
-    finally:
-        set_parallel_chunksize(old)
+    a_f = a_q.reshape(-1)
+    tpb = tiles_per_block(m, packed.kp, mr, packed.n_panels, _L2_A_BUDGET)
+    has_res, zero_y = residual is not None, int(out_zero)
+
+    def run(comp: np.ndarray, scale: np.ndarray) -> None:
+        if res_src is not None:
+            res_f.reshape(res_src.shape)[...] = res_src
+        old = set_parallel_chunksize(1)
+        try:
+            kernel(a_f, packed.data, out_f, comp, scale, bias_f, res_f, rs, packed.zero, m, tpb, has_res,
+                   packed.has_zero, zero_y, qlo, qhi)
+        finally:
+            set_parallel_chunksize(old)
+
+    return run
 
 
 def pad_columns(v: np.ndarray, packed: PackedInt8) -> np.ndarray:
@@ -427,6 +451,21 @@ def pad_columns(v: np.ndarray, packed: PackedInt8) -> np.ndarray:
     out = np.zeros(packed.n_panels * packed.nr, np.float32)
     out[: packed.n] = np.asarray(v, dtype=np.float32).reshape(-1)
     return out
+
+
+@njit(cache=True)
+def _epilogue_into(colsum, zero, wscale, k, za, a_scale, comp, scale):  # pragma: no cover - compiled
+    for i in range(colsum.size):
+        comp[i] = za * np.int64(colsum[i]) - k * za * np.int64(zero[i])
+        scale[i] = a_scale * wscale[i]
+
+
+def epilogue_vectors_into(packed: PackedInt8, a_zero: int, a_scale: float, comp: np.ndarray,
+                          scale: np.ndarray) -> None:
+    """`epilogue_vectors(packed, a_zero, a_scale)` written into preallocated `comp`/`scale` (one
+    compiled call: what a dynamically quantised product does at every run)."""
+    _epilogue_into(packed.colsum, packed.zero, packed.scale, np.int64(packed.k), np.int64(a_zero),
+                   np.float32(a_scale), comp, scale)
 
 
 def epilogue_vectors(packed: PackedInt8, a_zero: int, a_scale: float,

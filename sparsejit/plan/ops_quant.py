@@ -26,9 +26,11 @@ from sparsejit.kernels.gemm import gemm, pack_b
 from sparsejit.kernels.gemm import matmul as simd_matmul
 from sparsejit.kernels.gemm_int8 import (
     _quantize_rows_kernel,
+    bind_qgemm,
     convert_rows,
     dynamic_params,
     epilogue_vectors,
+    epilogue_vectors_into,
     pack_b_int8,
     pad_columns,
     qgemm,
@@ -375,7 +377,12 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
         ctx.arrays[key] = shared  # type: ignore[index]
     rowsum = shared.rowsum if packed.has_zero else None
     x2 = x.reshape(m, packed.k) if x.flags.c_contiguous else None
-    _, kernel = kernels.choose(m, activation)
+    name, kernel = kernels.choose(m, activation)
+    if name == "dense":  # operands bound once: no per-call argument checks in the hot loop
+        product = bind_qgemm(shared.aq, packed, out, bias, activation, residual, rowsum)
+    else:
+        def product(comp: np.ndarray, scale: np.ndarray) -> None:
+            kernel(shared.aq, out, comp, scale, bias, residual, rowsum)
 
     if mode == "static":
         comp, scale = epilogue_vectors(packed, a_zero, a_scale)
@@ -384,16 +391,19 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
             if first:
                 quantize_rows(x2 if x2 is not None else np.ascontiguousarray(x).reshape(m, -1), shared.aq,
                               a_scale, a_zero, shared.rowsum)
-            kernel(shared.aq, out, comp, scale, bias, residual, rowsum)
+            product(comp, scale)
 
         return run_static
+
+    comp_buf = np.empty(packed.n_panels * packed.nr, np.int32)
+    scale_buf = np.empty(packed.n_panels * packed.nr, np.float32)
 
     def run_dynamic() -> None:
         if first:
             xc = x2 if x2 is not None else np.ascontiguousarray(x).reshape(m, -1)
             shared.scale, shared.zero = dynamic_params(xc)
             quantize_rows(xc, shared.aq, shared.scale, shared.zero, shared.rowsum)
-        comp, scale = epilogue_vectors(kernels.packed, shared.zero, shared.scale)
-        kernel(shared.aq, out, comp, scale, bias, residual, rowsum)
+        epilogue_vectors_into(kernels.packed, shared.zero, shared.scale, comp_buf, scale_buf)
+        product(comp_buf, scale_buf)
 
     return run_dynamic
