@@ -177,3 +177,33 @@ def test_matmul_transposed_view_and_2d() -> None:
     out2 = np.empty((9, 11), np.float32)
     G.matmul(q[0], kk[0].T, out2)
     _check(out2, ref[0], np.abs(q[0].astype(np.float64)) @ np.abs(kk[0].astype(np.float64)).T)
+
+
+def test_bound_gemm_reads_current_data() -> None:
+    """`bind_gemm` fixes the buffers once; each run sees their current contents, and operands that
+    need a copy per call (non-contiguous, residual aliasing out) fall back to `gemm`."""
+    rng = np.random.default_rng(5)
+    m, k, n = 24, 40, 70
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    packed = G.pack_b(b)
+    a = np.empty((m, k), np.float32)
+    wide = np.empty((m, 2 * k), np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    res = np.empty((m, n), np.float32)
+    out, out_view, aliased = (np.empty((m, n), np.float32) for _ in range(3))
+    run = G.bind_gemm(a, packed, out, bias, "gelu_erf", res)
+    run_view = G.bind_gemm(wide[:, ::2], packed, out_view, bias)
+    run_alias = G.bind_gemm(a, packed, aliased, None, None, aliased)
+    for _ in range(2):
+        a[...] = rng.standard_normal((m, k))
+        wide[:, ::2] = a
+        res[...] = rng.standard_normal((m, n))
+        aliased[...] = res
+        run(), run_view(), run_alias()
+        ref = np.empty((m, n), np.float32)
+        G.gemm(a, packed, ref, bias, "gelu_erf", res)
+        np.testing.assert_array_equal(out, ref)
+        G.gemm(a, packed, ref, bias)
+        np.testing.assert_array_equal(out_view, ref)
+        G.gemm(a, packed, ref, None, None, res)
+        np.testing.assert_array_equal(aliased, ref)

@@ -324,3 +324,34 @@ def test_qgemm_kernel(m: int, k: int, n: int, wdt: Any, zero: str | None, act: s
     g.qgemm(aq, packed, outq, comp, sc, rowsum=rowsum, out_zero=10)
     refq = np.clip(np.rint((acc * (np.float32(scale) * ws / np.float32(0.05))).astype(np.float32)) + 10, 0, 255)
     assert np.abs(outq.astype(np.int64) - refq).max() <= 1
+
+
+def test_bound_qgemm_reads_current_data_and_fills_epilogue_in_place() -> None:
+    """A plan step binds its buffers once and runs many times: every run must see the buffers' new
+    contents (activation, residual, even one aliasing `out`) and equal the unbound `qgemm`."""
+    from sparsejit.kernels import gemm_int8 as g
+
+    rng = np.random.default_rng(4)
+    m, k, n = 20, 64, 50
+    packed = g.pack_b_int8(rng.integers(-127, 128, (k, n)).astype(np.int8), np.float32(0.01))
+    aq = np.zeros((m, packed.kp), np.uint8)
+    res = np.empty((m, n), np.float32)
+    out, aliased = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
+    run = g.bind_qgemm(aq, packed, out, None, "relu", res)
+    run_aliased = g.bind_qgemm(aq, packed, aliased, None, None, aliased)
+    comp, scale = np.empty(packed.n_panels * packed.nr, np.int32), np.empty(packed.n_panels * packed.nr, np.float32)
+    for za, sa in ((131, 0.02), (90, 0.5)):
+        aq[:, :k] = rng.integers(0, 256, (m, k))
+        res[...] = rng.standard_normal((m, n))
+        aliased[...] = res
+        g.epilogue_vectors_into(packed, za, sa, comp, scale)
+        ref_comp, ref_scale = g.epilogue_vectors(packed, za, sa)
+        np.testing.assert_array_equal(comp, ref_comp)
+        np.testing.assert_array_equal(scale, ref_scale)
+        run(comp, scale)
+        run_aliased(comp, scale)
+        ref = np.empty((m, n), np.float32)
+        g.qgemm(aq, packed, ref, ref_comp, ref_scale, activation="relu", residual=res)
+        np.testing.assert_array_equal(out, ref)
+        g.qgemm(aq, packed, ref, ref_comp, ref_scale, residual=res)
+        np.testing.assert_array_equal(aliased, ref)

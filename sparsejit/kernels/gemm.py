@@ -24,6 +24,7 @@ source embeds a hash of this file and of `simd.py`, so editing either starts a f
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from sparsejit.kernels.simd import vbroadcast, verf, vfma, vmax, vmul, vtanh, vz
 from sparsejit.kernels.threading import configure_threading
 from sparsejit.kernels.tiles import fma_tile, masked_store_tile, zero_tile
 
-__all__ = ["ACTIVATIONS", "PackedMatrix", "pack_b", "gemm", "matmul", "warmup", "DEFAULT_TILE"]
+__all__ = ["ACTIVATIONS", "PackedMatrix", "pack_b", "gemm", "bind_gemm", "matmul", "warmup", "DEFAULT_TILE"]
 
 configure_threading()
 
@@ -327,6 +328,34 @@ def gemm(
                has_bias, has_res)
     finally:
         set_parallel_chunksize(old)
+
+
+def bind_gemm(a: np.ndarray, packed: PackedMatrix, out: np.ndarray, bias: np.ndarray | None = None,
+              activation: str | None = None, residual: np.ndarray | None = None,
+              mr: int = DEFAULT_TILE[0]) -> Callable[[], None]:
+    """`gemm` with its operands fixed: checks, views and kernel lookup done once, here.
+
+    Returns `run()`, which reads the current contents of `a` (and `residual`) and writes `out`. When
+    an operand would need a copy at every call (not C-contiguous float32, or a residual aliasing
+    `out`), `run` is plain `gemm` on the same operands.
+    """
+    ops = gemm_operands(a, packed.k, packed.n, out, bias, residual, activation)
+    if ops is None:
+        return lambda: None
+    views = all(x is None or (x.dtype == np.float32 and x.flags.c_contiguous) for x in (a, bias, residual))
+    if not views or (residual is not None and np.may_share_memory(residual, out)):
+        return lambda: gemm(a, packed, out, bias, activation, residual, mr)
+    kernel = _kernel(packed.k, packed.n, mr, packed.nr, activation)
+    data, tpb = packed.data.reshape(-1), tiles_per_block(ops.m, 4 * packed.k, mr, packed.n_panels)
+
+    def run() -> None:
+        old = set_parallel_chunksize(1)
+        try:
+            kernel(ops.a, data, ops.out, ops.bias, ops.res, ops.m, tpb, ops.has_bias, ops.has_res)
+        finally:
+            set_parallel_chunksize(old)
+
+    return run
 
 
 def tiles_per_block(m: int, row_bytes: int, mr: int, n_panels: int, budget: int = _L2_A_BUDGET) -> int:

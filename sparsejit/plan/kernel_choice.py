@@ -33,7 +33,7 @@ from numba import get_num_threads
 from sparsejit.graph.sparsity import analyse_weight
 from sparsejit.kernels import sparse_gemm as sg
 from sparsejit.kernels.codegen import cache_root, kernel_dir
-from sparsejit.kernels.gemm import PackedMatrix, gemm, pack_b
+from sparsejit.kernels.gemm import PackedMatrix, bind_gemm, gemm, pack_b
 from sparsejit.kernels.gemm_bf16 import PackedBF16, bgemm, pack_b_bf16
 
 __all__ = ["MIN_SPARSITY", "MatMulKernel", "WeightKernels", "choose_matmul_kernel", "ENV_POLICY"]
@@ -71,6 +71,11 @@ class DenseKernel:
     def __call__(self, a: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
                  residual: np.ndarray | None = None) -> None:
         gemm(a, self.packed, out, bias=bias, activation=self.activation, residual=residual)
+
+    def bind(self, a: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None,
+             residual: np.ndarray | None = None) -> Callable[[], None]:
+        """This product on fixed buffers, its operand checks done once (see `gemm.bind_gemm`)."""
+        return bind_gemm(a, self.packed, out, bias, self.activation, residual)
 
 
 @dataclass(frozen=True)

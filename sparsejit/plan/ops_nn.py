@@ -47,7 +47,8 @@ def _fused_matmul(node: Node, ctx: LowerContext) -> Step:
     out = ctx.array(node.outputs[0])
     kernel = choose_matmul_kernel(w, int(np.prod(a.shape[:-1])), activation, shared=ctx.shared, key=w_name,
                                   precision=ctx.precision)
-    return lambda: kernel(a, out, bias, residual)
+    bind = getattr(kernel, "bind", None)  # kernels that can fix their operands once do so
+    return bind(a, out, bias, residual) if bind is not None else lambda: kernel(a, out, bias, residual)
 
 
 @lowers("Gemm")
