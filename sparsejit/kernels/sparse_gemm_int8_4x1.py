@@ -29,7 +29,7 @@ from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS
 from sparsejit.kernels.simd import vtranspose16
 from sparsejit.kernels.threading import configure_threading
 
-__all__ = ["KSparseInt8", "ksparse_int8", "ksparse_qgemm", "ROW_GROUPS"]
+__all__ = ["KSparseInt8", "ksparse_int8", "ksparse_qgemm", "lanes_scratch_size", "ROW_GROUPS"]
 
 configure_threading()
 
