@@ -17,87 +17,40 @@ import statistics
 import time
 
 import numpy as np
-from numba import njit, prange
 
-from sparsejit.kernels.simd import vbroadcast, vdpbf16ps, vdpbusd, vfma, vhsum, viadd, vibroadcast, vzero
-from sparsejit.kernels.simd_int8 import vihsum, vload_bcast4
+from sparsejit.kernels.codegen import load_generated
 from sparsejit.kernels.threading import set_threads
 
 _CHAINS = 12  # independent accumulators: enough to cover the instruction latency
 
-
-@njit(parallel=True, cache=True)
-def _fma_peak(n: int, threads: int) -> float:  # pragma: no cover - compiled
-    total = 0.0
-    for _t in prange(threads):
-        x = vbroadcast(np.float32(1.0))
-        c = vbroadcast(np.float32(0.999999))
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = vzero()
-        for _ in range(n):
-            a0 = vfma(a0, c, x)
-            a1 = vfma(a1, c, x)
-            a2 = vfma(a2, c, x)
-            a3 = vfma(a3, c, x)
-            a4 = vfma(a4, c, x)
-            a5 = vfma(a5, c, x)
-            a6 = vfma(a6, c, x)
-            a7 = vfma(a7, c, x)
-            a8 = vfma(a8, c, x)
-            a9 = vfma(a9, c, x)
-            a10 = vfma(a10, c, x)
-            a11 = vfma(a11, c, x)
-        part = vhsum(a0) + vhsum(a1) + vhsum(a2) + vhsum(a3) + vhsum(a4) + vhsum(a5) + vhsum(a6)
-        total += part + vhsum(a7) + vhsum(a8) + vhsum(a9) + vhsum(a10) + vhsum(a11)
-    return total
+# kind: (setup lines, accumulator start, one chain step, accumulator -> float, ops per step)
+_KINDS = {
+    "fp32 FMA (GFLOP/s)": (["x = vbroadcast(np.float32(1.0))", "c = vbroadcast(np.float32(0.999999))"],
+                           "vzero()", "vfma(a, c, x)", "vhsum", 16 * 2),
+    "int8 VNNI (GOP/s)": (["x = vload_bcast4(arg, 0)", "w = vibroadcast(1)"],
+                          "vibroadcast(0)", "vdpbusd(a, x, w)", "vihsum", 64 * 2),
+    "bf16 dot (GFLOP/s)": (["x = vibroadcast(np.int32(0x3F803F80))"],  # (1.0, 1.0) as a bf16 pair
+                           "vzero()", "vdpbf16ps(a, x, x)", "vhsum", 32 * 2),
+}
 
 
-@njit(parallel=True, cache=True)
-def _vnni_peak(n: int, threads: int, ones: np.ndarray) -> int:  # pragma: no cover - compiled
-    total = 0
-    for _t in prange(threads):
-        x = vload_bcast4(ones, 0)
-        w = vibroadcast(1)
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = vibroadcast(0)
-        for _ in range(n):
-            a0 = vdpbusd(a0, x, w)
-            a1 = vdpbusd(a1, x, w)
-            a2 = vdpbusd(a2, x, w)
-            a3 = vdpbusd(a3, x, w)
-            a4 = vdpbusd(a4, x, w)
-            a5 = vdpbusd(a5, x, w)
-            a6 = vdpbusd(a6, x, w)
-            a7 = vdpbusd(a7, x, w)
-            a8 = vdpbusd(a8, x, w)
-            a9 = vdpbusd(a9, x, w)
-            a10 = vdpbusd(a10, x, w)
-            a11 = vdpbusd(a11, x, w)
-        s = viadd(viadd(viadd(a0, a1), viadd(a2, a3)), viadd(viadd(a4, a5), viadd(a6, a7)))
-        total += vihsum(viadd(s, viadd(viadd(a8, a9), viadd(a10, a11))))
-    return total
-
-
-@njit(parallel=True, cache=True)
-def _bf16_peak(n: int, threads: int, ones: np.ndarray) -> float:  # pragma: no cover - compiled
-    total = 0.0
-    for _t in prange(threads):
-        x = vibroadcast(ones[0])  # two bf16 values per 32-bit lane
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = vzero()
-        for _ in range(n):
-            a0 = vdpbf16ps(a0, x, x)
-            a1 = vdpbf16ps(a1, x, x)
-            a2 = vdpbf16ps(a2, x, x)
-            a3 = vdpbf16ps(a3, x, x)
-            a4 = vdpbf16ps(a4, x, x)
-            a5 = vdpbf16ps(a5, x, x)
-            a6 = vdpbf16ps(a6, x, x)
-            a7 = vdpbf16ps(a7, x, x)
-            a8 = vdpbf16ps(a8, x, x)
-            a9 = vdpbf16ps(a9, x, x)
-            a10 = vdpbf16ps(a10, x, x)
-            a11 = vdpbf16ps(a11, x, x)
-        part = vhsum(a0) + vhsum(a1) + vhsum(a2) + vhsum(a3) + vhsum(a4) + vhsum(a5) + vhsum(a6)
-        total += part + vhsum(a7) + vhsum(a8) + vhsum(a9) + vhsum(a10) + vhsum(a11)
-    return total
+def _peak_source(setup: list[str], start: str, step: str, reduce: str) -> str:
+    """A parallel kernel running `_CHAINS` independent chains of `step` on every thread."""
+    chains = range(_CHAINS)
+    lines = ["import numpy as np",
+             "from numba import njit, prange",
+             "from sparsejit.kernels.simd import vbroadcast, vdpbf16ps, vdpbusd, vfma, vhsum, vibroadcast, vzero",
+             "from sparsejit.kernels.simd_int8 import vihsum, vload_bcast4",
+             "",
+             "@njit(parallel=True, cache=True)",
+             "def peak(n, threads, arg, out):",
+             "    for t in prange(threads):"]
+    lines += [f"        {line}" for line in setup]
+    lines += [f"        a{i} = {start}" for i in chains]
+    lines.append("        for _ in range(n):")
+    lines += [f"            a{i} = {step.replace('a,', f'a{i},')}" for i in chains]
+    lines.append("        out[t] = " + " + ".join(f"{reduce}(a{i})" for i in chains))
+    return "\n".join(lines) + "\n"
 
 
 def _rate(run, ops_per_iter: float, threads: int, seconds: float) -> float:  # type: ignore[no-untyped-def]
@@ -132,13 +85,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=1.0, help="measured seconds per kind")
     args = parser.parse_args()
-    ones = np.ones(64, np.uint8)
-    bf16_ones = np.full(1, 0x3F803F80, np.int32)  # (1.0, 1.0) as a bf16 pair
-    kinds = {
-        "fp32 FMA (GFLOP/s)": (lambda n, t: _fma_peak(n, t), _CHAINS * 16 * 2),
-        "int8 VNNI (GOP/s)": (lambda n, t: _vnni_peak(n, t, ones), _CHAINS * 64 * 2),
-        "bf16 dot (GFLOP/s)": (lambda n, t: _bf16_peak(n, t, bf16_ones), _CHAINS * 32 * 2),
-    }
+    ones, sink = np.ones(64, np.uint8), np.zeros(64, np.float64)
+    kinds = {}
+    for name, (setup, start, step, reduce, ops) in _KINDS.items():
+        kernel = load_generated(f"bench_peak_{reduce}_{step.split('(')[0]}",
+                                _peak_source(setup, start, step, reduce)).peak
+        kinds[name] = (lambda n, t, k=kernel: k(n, t, ones, sink), _CHAINS * ops)
     print(f"{'kind':<20} {'1 thread':>10} {f'{args.threads} threads':>11}")
     peaks = {}
     for name, (run, ops) in kinds.items():
