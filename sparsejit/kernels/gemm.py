@@ -35,7 +35,7 @@ from numba import get_num_threads, njit, set_parallel_chunksize
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.simd import vbroadcast, verf, vfma, vmax, vmul, vtanh, vzero
 from sparsejit.kernels.threading import configure_threading
-from sparsejit.kernels.tiles import fma_tile, masked_store_tile, zero_tile
+from sparsejit.kernels.tiles import fma_tile, masked_store_tile, panel_driver, split_last_panel, zero_tile
 
 __all__ = ["ACTIVATIONS", "PackedMatrix", "pack_b", "gemm", "bind_gemm", "matmul", "warmup", "DEFAULT_TILE"]
 
@@ -185,13 +185,7 @@ def _gen_gemm_source(k: int, n: int, mr: int, nr: int, act: str | None) -> str:
                 else:
                     emit(f"{ind}vstore_mask(out, co + {r * n + 16 * v}, c{r}_{v}, {lanes})")
 
-    if last_w == nr or n_pan == 1:
-        stores("    ", last_w)
-    else:
-        emit("    if p < NPAN - 1:")
-        stores("        ", nr)
-        emit("    else:")
-        stores("        ", last_w)
+    split_last_panel(stores, emit, nr, last_w, n_pan)
     emit("")
 
     # --- epilogue on the tile just stored: out = act(out + bias) + res
@@ -213,21 +207,11 @@ def _gen_gemm_source(k: int, n: int, mr: int, nr: int, act: str | None) -> str:
 
     # --- parallel driver
     sig = "void(" + ", ".join(["float32[::1]"] * 5 + ["int64", "int64", "boolean", "boolean"]) + ")"
-    emit(f'@njit("{sig}", parallel=True, cache=True)')
-    emit("def gemm_kernel(a, bp, out, bias, res, M, tpb, has_bias, has_res):")
-    emit("    n_mt = (M + MR - 1) // MR")
-    emit("    n_mb = (n_mt + tpb - 1) // tpb")
-    emit("    for t in prange(NPAN * n_mb):")
-    emit("        p = t // n_mb")
-    emit("        mb = t - p * n_mb")
-    emit("        c0 = p * NR")
-    emit("        width = min(NR, N - c0)")
-    emit("        for mt in range(mb * tpb, min(mb * tpb + tpb, n_mt)):")
-    emit("            i0 = mt * MR")
-    emit("            nrows = min(MR, M - i0)")
-    emit("            _micro(a, bp, out, i0, nrows, p, M)")
-    cond = "            " if act is not None else "            if has_bias or has_res:\n                "
-    emit(f"{cond}_epilogue(out, bias, res, i0, nrows, c0, width, has_bias, has_res)")
+    epilogue = "_epilogue(out, bias, res, i0, nrows, c0, width, has_bias, has_res)"
+    tile = "nrows = min(MR, M - i0)\n_micro(a, bp, out, i0, nrows, p, M)\n" + (
+        epilogue if act is not None else "if has_bias or has_res:\n    " + epilogue)
+    L.extend(panel_driver(sig, "def gemm_kernel(a, bp, out, bias, res, M, tpb, has_bias, has_res):", tile,
+                          ("c0 = p * NR", "width = min(NR, N - c0)")))
     emit("")
     return "\n".join(L)
 

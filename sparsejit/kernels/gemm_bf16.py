@@ -25,6 +25,7 @@ from numba import njit, prange, set_parallel_chunksize
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _ACT_FN, _aligned_empty, gemm_operands, tiles_per_block
 from sparsejit.kernels.threading import configure_threading
+from sparsejit.kernels.tiles import activate_add_store, group4_dot_tile, panel_driver, split_last_panel
 
 __all__ = ["PackedBF16", "pack_b_bf16", "bgemm", "to_bf16", "to_bf16_rows", "DEFAULT_TILE_BF16"]
 
@@ -124,20 +125,7 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None) -> str:
     emit(f"K = {k}\nKP = {kp}\nN = {n}\nMR = {mr}\nNR = {nr}\nNPAN = {n_pan}\n")
     emit("@njit(cache=True, fastmath=True)")
     emit("def _tile(a, bp, out, bias, res, i0, nrows, p, M, has_bias, has_res):")
-    for r in range(mr):
-        emit(f"    ao{r} = min(i0 + {r}, M - 1) * (KP * 2)")
-    emit("    bo = p * (KP * NR * 2)")
-    for r in range(mr):
-        for v in range(nv):
-            emit(f"    c{r}_{v} = vzero()")
-    emit("    for g in range(KP // 2):")
-    for v in range(nv):
-        emit(f"        b{v} = viload(bp, bo + {64 * v})")
-    for r in range(mr):
-        emit(f"        a{r} = vload_bcast4(a, ao{r} + 4 * g)")
-        for v in range(nv):
-            emit(f"        c{r}_{v} = vdpbf16ps(c{r}_{v}, a{r}, b{v})")
-    emit(f"        bo += {nr * 4}")
+    L.extend(group4_dot_tile(mr, nv, nr, "(KP * 2)", "KP // 2", "vzero()", "vdpbf16ps"))
     emit("    cb = p * NR")
 
     def body(indent: str, width: int) -> None:
@@ -160,35 +148,14 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None) -> str:
                 emit(f"{ind}f = c{r}_{v}")
                 emit(f"{ind}if has_bias:")
                 emit(f"{ind}    f = vadd(f, e{v})")
-                if act is not None:
-                    emit(f"{ind}f = _act(f)")
-                emit(f"{ind}if has_res:")
-                emit(f"{ind}    f = vadd(f, vload_mask(res, row + {16 * v}, {lanes}))")
-                if lanes == 16:
-                    emit(f"{ind}vstore(out, row + {16 * v}, f)")
-                else:
-                    emit(f"{ind}vstore_mask(out, row + {16 * v}, f, {lanes})")
+                L.extend(activate_add_store(act, v, lanes, ind))
 
-    if last_w == nr or n_pan == 1:
-        body("    ", last_w)
-    else:
-        emit("    if p < NPAN - 1:")
-        body("        ", nr)
-        emit("    else:")
-        body("        ", last_w)
+    split_last_panel(body, emit, nr, last_w, n_pan)
     emit("")
     sig = ("void(uint8[::1], uint8[::1], float32[::1], float32[::1], float32[::1], int64, int64, boolean, "
            "boolean)")
-    emit(f'@njit("{sig}", parallel=True, cache=True)')
-    emit("def bgemm_kernel(a, bp, out, bias, res, M, tpb, has_bias, has_res):")
-    emit("    n_mt = (M + MR - 1) // MR")
-    emit("    n_mb = (n_mt + tpb - 1) // tpb")
-    emit("    for t in prange(NPAN * n_mb):")
-    emit("        p = t // n_mb")
-    emit("        mb = t - p * n_mb")
-    emit("        for mt in range(mb * tpb, min(mb * tpb + tpb, n_mt)):")
-    emit("            i0 = mt * MR")
-    emit("            _tile(a, bp, out, bias, res, i0, min(MR, M - i0), p, M, has_bias, has_res)")
+    L.extend(panel_driver(sig, "def bgemm_kernel(a, bp, out, bias, res, M, tpb, has_bias, has_res):",
+                          "_tile(a, bp, out, bias, res, i0, min(MR, M - i0), p, M, has_bias, has_res)"))
     emit("")
     return "\n".join(L)
 

@@ -52,6 +52,7 @@ from sparsejit.kernels.simd_int8 import (
     vstore_bytes_mask,
 )
 from sparsejit.kernels.threading import configure_threading
+from sparsejit.kernels.tiles import activate_add_store, group4_dot_tile, panel_driver, split_last_panel
 
 __all__ = ["PackedInt8", "pack_b_int8", "qgemm", "quantize_rows", "dynamic_params", "convert_rows",
            "DEFAULT_TILE_INT8", "epilogue_vectors", "epilogue_vectors_into", "pad_columns", "bind_qgemm"]
@@ -285,20 +286,7 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool) 
     emit("@njit(cache=True, fastmath=True)")
     emit("def _tile(a, bp, out, comp, scale, bias, res, rowsum, zw, i0, nrows, p, M, has_res, has_zw,"
          " zy, qlo, qhi):")
-    for r in range(mr):
-        emit(f"    ao{r} = min(i0 + {r}, M - 1) * KP")
-    emit("    bo = p * (KP * NR)")
-    for r in range(mr):
-        for v in range(nv):
-            emit(f"    c{r}_{v} = vizero()")
-    emit("    for g in range(KP // 4):")
-    for v in range(nv):
-        emit(f"        b{v} = viload(bp, bo + {64 * v})")
-    for r in range(mr):
-        emit(f"        a{r} = vload_bcast4(a, ao{r} + 4 * g)")
-        for v in range(nv):
-            emit(f"        c{r}_{v} = vdpbusd(c{r}_{v}, a{r}, b{v})")
-    emit(f"        bo += {nr * 4}")
+    L.extend(group4_dot_tile(mr, nv, nr, "KP", "KP // 4", "vizero()", "vdpbusd"))
     emit("    cb = p * NR")
     for v in range(nv):
         emit(f"    k{v} = viload(comp, cb + {16 * v})")
@@ -335,38 +323,17 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool) 
                     emit(f"{ind}vstore_bytes_mask(out, row + {16 * v}, q, {lanes})")
                     continue
                 emit(f"{ind}f = vfma(vcvt_i2f(x), s{v}, e{v})")
-                if act is not None:
-                    emit(f"{ind}f = _act(f)")
-                emit(f"{ind}if has_res:")
-                emit(f"{ind}    f = vadd(f, vload_mask(res, row + {16 * v}, {lanes}))")
-                if lanes == 16:
-                    emit(f"{ind}vstore(out, row + {16 * v}, f)")
-                else:
-                    emit(f"{ind}vstore_mask(out, row + {16 * v}, f, {lanes})")
+                L.extend(activate_add_store(act, v, lanes, ind))
 
-    if last_w == nr or n_pan == 1:
-        body("    ", last_w)
-    else:
-        emit("    if p < NPAN - 1:")
-        body("        ", nr)
-        emit("    else:")
-        body("        ", last_w)
+    split_last_panel(body, emit, nr, last_w, n_pan)
     emit("")
     out_t = "uint8[::1]" if out_q else "float32[::1]"
     sig = (f"void(uint8[::1], int8[::1], {out_t}, int32[::1], float32[::1], float32[::1], float32[::1], "
            "int32[::1], int32[::1], int64, int64, boolean, boolean, int64, int64, int64)")
-    emit(f'@njit("{sig}", parallel=True, cache=True)')
-    emit("def qgemm_kernel(a, bp, out, comp, scale, bias, res, rowsum, zw, M, tpb, has_res, has_zw, zy, qlo,"
-         " qhi):")
-    emit("    n_mt = (M + MR - 1) // MR")
-    emit("    n_mb = (n_mt + tpb - 1) // tpb")
-    emit("    for t in prange(NPAN * n_mb):")
-    emit("        p = t // n_mb")
-    emit("        mb = t - p * n_mb")
-    emit("        for mt in range(mb * tpb, min(mb * tpb + tpb, n_mt)):")
-    emit("            i0 = mt * MR")
-    emit("            _tile(a, bp, out, comp, scale, bias, res, rowsum, zw, i0, min(MR, M - i0), p, M, has_res,"
-         " has_zw, zy, qlo, qhi)")
+    L.extend(panel_driver(sig, "def qgemm_kernel(a, bp, out, comp, scale, bias, res, rowsum, zw, M, tpb, has_res,"
+                               " has_zw, zy, qlo, qhi):",
+                          "_tile(a, bp, out, comp, scale, bias, res, rowsum, zw, i0, min(MR, M - i0), p, M, has_res,"
+                          " has_zw, zy, qlo, qhi)"))
     emit("")
     return "\n".join(L)
 

@@ -1,7 +1,10 @@
-"""Source text of the MR x (16*NV) register tile that every generated GEMM-like kernel shares.
+"""Source text shared by the generated GEMM-like kernels (fp32, bf16, int8, block-sparse).
 
-Accumulators are `c{r}_{v}`, B vectors of the current k are `b{v}`, A rows start at `ao{r}`; the
-generated module imports `vzero`, `vload_bcast`, `vfma` and `vstore_mask` from `sparsejit.kernels.simd`.
+The MR x (16*NV) register tile: accumulators are `c{r}_{v}`, B vectors of the current k are `b{v}`,
+A rows start at `ao{r}` (`zero_tile`, `fma_tile`, `masked_store_tile` for fp32; `group4_dot_tile` for
+the 4-byte-group dot products of bf16 and VNNI). Around it: the float epilogue's tail
+(`activate_add_store`), the full-panel / last-panel split (`split_last_panel`) and the panel-major
+`prange` driver (`panel_driver`). The generated module imports the intrinsics each piece names.
 """
 
 from __future__ import annotations
@@ -32,4 +35,62 @@ def masked_store_tile(mr: int, nv: int, address: Callable[[int, int], str], inde
             lines.append(f"{indent}if nrows > {r}:")
             ind = indent + "    "
         lines += [f"{ind}vstore_mask(out, {address(r, v)}, c{r}_{v}, m{v})" for v in range(nv)]
+    return lines
+
+
+def split_last_panel(body: Callable[[str, int], None], emit: Callable[[str], None], nr: int, last_w: int,
+                     n_pan: int) -> None:
+    """Emit `body(indent, width)` once when every panel is NR wide, else for full panels and the last."""
+    if last_w == nr or n_pan == 1:
+        body("    ", last_w)
+    else:
+        emit("    if p < NPAN - 1:")
+        body("        ", nr)
+        emit("    else:")
+        body("        ", last_w)
+
+
+def activate_add_store(act: str | None, v: int, lanes: int, indent: str) -> list[str]:
+    """The float epilogue's tail on `f` (vector v of a row at `row`): activation, residual, store."""
+    lines = [f"{indent}f = _act(f)"] if act is not None else []
+    lines += [f"{indent}if has_res:", f"{indent}    f = vadd(f, vload_mask(res, row + {16 * v}, {lanes}))"]
+    if lanes == 16:
+        lines.append(f"{indent}vstore(out, row + {16 * v}, f)")
+    else:
+        lines.append(f"{indent}vstore_mask(out, row + {16 * v}, f, {lanes})")
+    return lines
+
+
+def panel_driver(signature: str, header: str, tile_call: str, per_task: tuple[str, ...] = ()) -> list[str]:
+    """The parallel driver of a panel-major GEMM: one task per (column panel p, block of `tpb` row tiles).
+
+    `header` is the kernel's `def` line; the driver needs `M`, `tpb`, `MR` and `NPAN` in scope.
+    `per_task` lines run once per task (they may use `p`), `tile_call` once per row tile (`i0`).
+    """
+    lines = [f'@njit("{signature}", parallel=True, cache=True)', header,
+             "    n_mt = (M + MR - 1) // MR",
+             "    n_mb = (n_mt + tpb - 1) // tpb",
+             "    for t in prange(NPAN * n_mb):",
+             "        p = t // n_mb",
+             "        mb = t - p * n_mb"]
+    lines += [f"        {line}" for line in per_task]
+    lines += ["        for mt in range(mb * tpb, min(mb * tpb + tpb, n_mt)):",
+              "            i0 = mt * MR"]
+    lines += [f"            {line}" for line in tile_call.split("\n")]
+    return lines
+
+
+def group4_dot_tile(mr: int, nv: int, nr: int, row_bytes: str, groups: str, zero: str, dot: str) -> list[str]:
+    """The k loop of a tile whose dot instruction eats 4-byte groups (`vdpbusd`: 4 x int8,
+    `vdpbf16ps`: 2 x bf16): A rows of `row_bytes` bytes (`ao{r}`), the panel `p` of B packed as
+    [`groups`][NR lanes][4 bytes]; accumulators `c{r}_{v}` start at `zero` and take `dot(c, a, b)`."""
+    lines = [f"    ao{r} = min(i0 + {r}, M - 1) * {row_bytes}" for r in range(mr)]
+    lines.append(f"    bo = p * ({row_bytes} * NR)")
+    lines += [f"    c{r}_{v} = {zero}" for r in range(mr) for v in range(nv)]
+    lines.append(f"    for g in range({groups}):")
+    lines += [f"        b{v} = viload(bp, bo + {64 * v})" for v in range(nv)]
+    for r in range(mr):
+        lines.append(f"        a{r} = vload_bcast4(a, ao{r} + 4 * g)")
+        lines += [f"        c{r}_{v} = {dot}(c{r}_{v}, a{r}, b{v})" for v in range(nv)]
+    lines.append(f"        bo += {nr * 4}")
     return lines
