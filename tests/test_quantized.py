@@ -284,6 +284,42 @@ def test_single_op_bit_exact(case: str) -> None:
 # ---------------------------------------------------------------------------------------------- kernel
 
 
+def _ort_dynamic_quantize(x: np.ndarray) -> tuple[np.ndarray, np.float32, np.uint8]:
+    node = oh.make_node("DynamicQuantizeLinear", ["x"], ["y", "ys", "yz"])
+    graph = oh.make_graph([node], "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                          [oh.make_tensor_value_info(n, t, None) for n, t in
+                           (("y", TensorProto.UINT8), ("ys", TensorProto.FLOAT), ("yz", TensorProto.UINT8))])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 9
+    y, ys, yz = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    return y, ys, yz
+
+
+@pytest.mark.parametrize("m,k,kp", [(7, 70, 72), (128, 768, 768), (300, 1000, 1000)])
+def test_dynamic_quantize_rows_matches_onnxruntime(m: int, k: int, kp: int) -> None:
+    """One call does min/max, parameters and quantiser (on the calling thread below `_PARALLEL_MIN`
+    elements, on all threads above it: both paths run here) exactly as onnxruntime's operator."""
+    from sparsejit.kernels import quantize as q
+
+    rng = np.random.default_rng(m)
+    x = (rng.standard_normal((m, k)) * 4 + 1.5).astype(np.float32)
+    x[0, 0] = -20.0  # min far from the bulk
+    aq = np.full((m, kp), 77, np.uint8)
+    rowsum = np.empty(m, np.int32)
+    scale, zero = q.dynamic_quantize_rows(x, aq, rowsum)
+    y, ys, yz = _ort_dynamic_quantize(x)
+    assert scale == ys and zero == yz
+    np.testing.assert_array_equal(aq[:, :k], y)
+    assert not aq[:, k:].any()
+    np.testing.assert_array_equal(rowsum, y.astype(np.int64).sum(1))
+    assert (m * k >= q._PARALLEL_MIN) == (m == 300)
+    aq2 = np.empty_like(aq)
+    q.quantize_rows(x, aq2, scale, zero)  # the static quantiser with the same parameters agrees
+    np.testing.assert_array_equal(aq2, aq)
+
+
+
+
 @pytest.mark.parametrize("m,k,n,wdt,zero,act", [(37, 70, 100, np.int8, None, None),
                                                 (13, 33, 50, np.uint8, "col", "gelu_erf"),
                                                 (64, 256, 64, np.int8, None, "relu")])

@@ -18,9 +18,7 @@ with `scale[n] = scale_a * scale_w[n]` (divided by the output scale for 8-bit ou
 Weights are packed once (`pack_b_int8`) into NR-column panels with K in groups of 4 bytes, the
 layout `vpdpbusd` consumes: byte `((p*KP/4 + g)*NR + j)*4 + b` holds w[4g+b, p*NR+j] (K padded to
 KP = 4*ceil(K/4) and N to whole panels with zeros). Activations are quantised (or converted) into a
-[M, KP] uint8 scratch by a vectorised quantiser: `quantize_rows` (static scale/zero point, x/scale
-rounded half to even, like onnxruntime's MlasQuantizeLinear), `dynamic_params` (per-tensor min/max
-exactly as ONNX DynamicQuantizeLinear) and `convert_rows` (already-quantised 8-bit input).
+[M, KP] uint8 scratch by the quantisers of `kernels.quantize` (re-exported here).
 
 Micro-kernels are generated per (K, N, MR, NR, activation, output kind) into the kernel cache like
 `gemm.py`: an MR x NR tile of int32 accumulators kept in zmm registers over all of K.
@@ -35,27 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import get_num_threads, njit, prange, set_parallel_chunksize
+from numba import njit, set_parallel_chunksize
 
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty, tiles_per_block
-from sparsejit.kernels.simd import vbroadcast, vdiv, viadd, vibroadcast, vizero, vload, vload_mask, vmax, vmin, vzero
-from sparsejit.kernels.simd_int8 import (
-    vcvt_f2i,
-    vhmax,
-    vhmin,
-    vihsum,
-    vimax,
-    vimin,
-    vload_bytes_i,
-    vrint,
-    vstore_bytes_mask,
-)
+from sparsejit.kernels.quantize import convert_rows, dynamic_params, dynamic_quantize_rows, quantize_rows
 from sparsejit.kernels.threading import configure_threading
 from sparsejit.kernels.tiles import activate_add_store, group4_dot_tile, panel_driver, split_last_panel
 
-__all__ = ["PackedInt8", "pack_b_int8", "qgemm", "quantize_rows", "dynamic_params", "convert_rows",
-           "DEFAULT_TILE_INT8", "epilogue_vectors", "epilogue_vectors_into", "pad_columns", "bind_qgemm"]
+__all__ = ["PackedInt8", "pack_b_int8", "qgemm", "quantize_rows", "dynamic_params", "dynamic_quantize_rows",
+           "convert_rows", "DEFAULT_TILE_INT8", "epilogue_vectors", "epilogue_vectors_into",
+           "bind_epilogue_vectors", "pad_columns", "bind_qgemm"]
 
 configure_threading()
 
@@ -128,136 +116,6 @@ def pack_b_int8(w: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray
     sc[:n] = _per_column(scale, n, np.float32)
     return PackedInt8(data=data, k=k, kp=kp, n=n, nr=nr, colsum=colsum, zero=zero,
                       has_zero=bool(np.any(zw != 0)), scale=sc)
-
-
-# ----------------------------------------------------------------------------------------------
-# quantisers
-
-
-@njit(parallel=True, cache=True)
-def _minmax_kernel(x, n_chunks, part_min, part_max):  # type: ignore[no-untyped-def]
-    n = x.size
-    chunk = (n + n_chunks - 1) // n_chunks
-    chunk = (chunk + 15) // 16 * 16
-    for c in prange(n_chunks):
-        lo = c * chunk
-        hi = min(n, lo + chunk)
-        mn = vzero()  # zero padding of masked loads is harmless: the range always includes 0
-        mx = vzero()
-        i = lo
-        while i + 16 <= hi:
-            v = vload(x, i)
-            mn = vmin(mn, v)
-            mx = vmax(mx, v)
-            i += 16
-        if i < hi:
-            v = vload_mask(x, i, hi - i)
-            mn = vmin(mn, v)
-            mx = vmax(mx, v)
-        part_min[c] = vhmin(mn)
-        part_max[c] = vhmax(mx)
-
-
-@njit(cache=True)
-def _range_params(part_min, part_max):  # type: ignore[no-untyped-def]
-    # float32 throughout, as DynamicQuantizeLinear specifies (a float32 division computed in float64 and
-    # rounded once to float32 is the correctly rounded float32 quotient, so promotion would not matter)
-    lo = min(np.float32(0.0), part_min.min())
-    hi = max(np.float32(0.0), part_max.max())
-    scale = np.float32((hi - lo) / np.float32(255.0))
-    if scale == 0 or not np.isfinite(scale):
-        scale = np.float32(1.0)
-    zp = np.float32(np.float32(0.0) - np.float32(lo / scale))
-    zp = min(max(zp, np.float32(0.0)), np.float32(255.0))
-    return scale, int(np.rint(zp))
-
-
-def dynamic_params(x: np.ndarray) -> tuple[np.float32, int]:
-    """(scale, zero_point) of ONNX DynamicQuantizeLinear (uint8) for float32 `x`, computed in float32."""
-    flat = x.reshape(-1)
-    if flat.size == 0:
-        return np.float32(1.0), 0
-    n_chunks = max(1, min(4 * get_num_threads(), flat.size // 4096))
-    pmin = np.empty(n_chunks, np.float32)
-    pmax = np.empty(n_chunks, np.float32)
-    _minmax_kernel(flat, n_chunks, pmin, pmax)
-    scale, zp = _range_params(pmin, pmax)
-    return np.float32(scale), int(zp)
-
-
-@njit(parallel=True, cache=True)
-def _quantize_rows_kernel(x, out, rowsum, M, K, KP, scale, zp, want_rowsum):  # type: ignore[no-untyped-def]
-    tail = (16 - K % 16) % 16
-    zq = min(max(zp, 0), 255)
-    for r in prange(M):
-        xo = r * K
-        oo = r * KP
-        s = vbroadcast(scale)
-        z = vibroadcast(zp)
-        lo = vizero()
-        hi = vibroadcast(255)
-        flo = vbroadcast(-512.0)
-        fhi = vbroadcast(512.0)
-        acc = vizero()
-        for j in range(0, K, 16):
-            m = min(16, K - j)
-            v = vload_mask(x, xo + j, m)
-            f = vmin(vmax(vrint(vdiv(v, s)), flo), fhi)
-            q = vimin(vimax(viadd(vcvt_f2i(f), z), lo), hi)
-            vstore_bytes_mask(out, oo + j, q, m)
-            if want_rowsum:
-                acc = viadd(acc, q)
-        for j in range(K, KP):
-            out[oo + j] = 0
-        if want_rowsum:
-            rowsum[r] = vihsum(acc) - tail * zq
-
-
-@njit(parallel=True, cache=True)
-def _convert_rows_kernel(x, out, rowsum, M, K, KP, shift, want_rowsum):  # type: ignore[no-untyped-def]
-    for r in prange(M):
-        xo = r * K
-        oo = r * KP
-        sh = vibroadcast(shift)
-        acc = vizero()
-        for j in range(0, K, 16):
-            m = min(16, K - j)
-            q = viadd(vload_bytes_i(x, xo + j, m), sh)
-            vstore_bytes_mask(out, oo + j, q, m)
-            if want_rowsum:
-                acc = viadd(acc, q)
-        for j in range(K, KP):
-            out[oo + j] = 0
-        if want_rowsum:
-            rowsum[r] = vihsum(acc) - ((16 - K % 16) % 16) * shift
-
-
-def quantize_rows(x: np.ndarray, out: np.ndarray, scale: float, zero_point: int,
-                  rowsum: np.ndarray | None = None) -> None:
-    """out[m, :K] = clamp(rint(x[m] / scale) + zero_point, 0, 255) as uint8; out[m, K:KP] = 0.
-
-    `x` is float32 [..., K] (C-contiguous), `out` uint8 [M, KP]; `rowsum[m]` (int32) gets the sum of
-    row m's quantised values when given.
-    """
-    k = x.shape[-1]
-    m, kp = out.shape
-    want = rowsum is not None
-    rs = rowsum if rowsum is not None else _NO_ROWSUM
-    _quantize_rows_kernel(x.reshape(-1), out.reshape(-1), rs, m, k, kp, np.float32(scale), int(zero_point),
-                          want)
-
-
-def convert_rows(x: np.ndarray, out: np.ndarray, rowsum: np.ndarray | None = None) -> None:
-    """Copy 8-bit rows [..., K] into the uint8 [M, KP] scratch (int8 shifted by +128), padding zeros."""
-    k = x.shape[-1]
-    m, kp = out.shape
-    want = rowsum is not None
-    rs = rowsum if rowsum is not None else _NO_ROWSUM
-    shift = 128 if x.dtype == np.int8 else 0
-    _convert_rows_kernel(x.reshape(-1), out.reshape(-1), rs, m, k, kp, shift, want)
-
-
-_NO_ROWSUM = np.zeros(1, dtype=np.int32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,6 +202,7 @@ def _kernel(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool) -> A
 
 
 _EMPTY_F = np.zeros(16, dtype=np.float32)
+_NO_ROWSUM = np.zeros(1, dtype=np.int32)
 
 
 def qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, comp: np.ndarray, scale: np.ndarray,
@@ -431,8 +290,18 @@ def epilogue_vectors_into(packed: PackedInt8, a_zero: int, a_scale: float, comp:
                           scale: np.ndarray) -> None:
     """`epilogue_vectors(packed, a_zero, a_scale)` written into preallocated `comp`/`scale` (one
     compiled call: what a dynamically quantised product does at every run)."""
-    _epilogue_into(packed.colsum, packed.zero, packed.scale, np.int64(packed.k), np.int64(a_zero),
-                   np.float32(a_scale), comp, scale)
+    bind_epilogue_vectors(packed, comp, scale)(a_zero, a_scale)
+
+
+def bind_epilogue_vectors(packed: PackedInt8, comp: np.ndarray,
+                          scale: np.ndarray) -> Callable[[int, float], None]:
+    """`epilogue_vectors_into` with its arrays fixed: returns `fill(a_zero, a_scale)`."""
+    colsum, zero, wscale, k = packed.colsum, packed.zero, packed.scale, np.int64(packed.k)
+
+    def fill(a_zero: int, a_scale: float) -> None:
+        _epilogue_into(colsum, zero, wscale, k, a_zero, np.float32(a_scale), comp, scale)  # float32 product
+
+    return fill
 
 
 def epilogue_vectors(packed: PackedInt8, a_zero: int, a_scale: float,

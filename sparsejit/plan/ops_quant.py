@@ -25,12 +25,11 @@ from sparsejit.kernels.elementwise import as_rank2, elementwise_kernel
 from sparsejit.kernels.gemm import gemm, pack_b
 from sparsejit.kernels.gemm import matmul as simd_matmul
 from sparsejit.kernels.gemm_int8 import (
-    _quantize_rows_kernel,
+    bind_epilogue_vectors,
     bind_qgemm,
     convert_rows,
-    dynamic_params,
+    dynamic_quantize_rows,
     epilogue_vectors,
-    epilogue_vectors_into,
     pack_b_int8,
     pad_columns,
     qgemm,
@@ -149,14 +148,10 @@ def _dynamic_quantize_linear(node: Node, ctx: LowerContext) -> Step:
     y_scale = ctx.array(node.outputs[1]) if len(node.outputs) > 1 and node.outputs[1] else None
     y_zero = ctx.array(node.outputs[2]) if len(node.outputs) > 2 and node.outputs[2] else None
     k = x.shape[-1] if x.ndim else 1
-    rows = x.size // max(k, 1)
-    x_flat = np.ascontiguousarray(x).reshape(-1) if x.flags.c_contiguous else None
-    no_rowsum = np.zeros(1, np.int32)
+    y_rows = y.reshape(x.size // max(k, 1), k)
 
     def run() -> None:
-        xf = x_flat if x_flat is not None else np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-        scale, zero = dynamic_params(xf)
-        _quantize_rows_kernel(xf, y.reshape(-1), no_rowsum, rows, k, k, scale, zero, False)
+        scale, zero = dynamic_quantize_rows(x, y_rows)
         if y_scale is not None:
             y_scale[...] = scale
         if y_zero is not None:
@@ -376,7 +371,6 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
         shared = _SharedQuant(m, packed.kp)
         ctx.arrays[key] = shared  # type: ignore[index]
     rowsum = shared.rowsum if packed.has_zero else None
-    x2 = x.reshape(m, packed.k) if x.flags.c_contiguous else None
     name, kernel = kernels.choose(m, activation)
     if name == "dense":  # operands bound once: no per-call argument checks in the hot loop
         product = bind_qgemm(shared.aq, packed, out, bias, activation, residual, rowsum)
@@ -389,21 +383,19 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
 
         def run_static() -> None:
             if first:
-                quantize_rows(x2 if x2 is not None else np.ascontiguousarray(x).reshape(m, -1), shared.aq,
-                              a_scale, a_zero, shared.rowsum)
+                quantize_rows(x, shared.aq, a_scale, a_zero, shared.rowsum)
             product(comp, scale)
 
         return run_static
 
     comp_buf = np.empty(packed.n_panels * packed.nr, np.int32)
     scale_buf = np.empty(packed.n_panels * packed.nr, np.float32)
+    fill_epilogue = bind_epilogue_vectors(packed, comp_buf, scale_buf)
 
     def run_dynamic() -> None:
         if first:
-            xc = x2 if x2 is not None else np.ascontiguousarray(x).reshape(m, -1)
-            shared.scale, shared.zero = dynamic_params(xc)
-            quantize_rows(xc, shared.aq, shared.scale, shared.zero, shared.rowsum)
-        epilogue_vectors_into(kernels.packed, shared.zero, shared.scale, comp_buf, scale_buf)
+            shared.scale, shared.zero = dynamic_quantize_rows(x, shared.aq, shared.rowsum)
+        fill_epilogue(shared.zero, shared.scale)
         product(comp_buf, scale_buf)
 
     return run_dynamic
