@@ -1,10 +1,10 @@
 """Fused multi-head attention over projections in their own [batch, seq, heads*head_size] layout.
 
 One task per (batch, head): Kᵀ of the head is packed once into zero-padded panels (16 x 16 blocks
-transposed in registers), then blocks of eight query rows get their scores (explicit 16-lane FMAs,
-eight rows sharing each Kᵀ load) with the scale, the additive bias row (masks, position biases) and
-the key padding applied as they are stored and the row max kept on the way; then the softmax
-numerator exp(s - max) and the weighted sum of V, read in place. The 1 / sum of the softmax is
+transposed in registers), then blocks of twelve query rows get their scores (explicit 16-lane FMAs,
+twelve rows sharing each Kᵀ load) with the scale, the additive bias row (masks, position biases) and
+the key padding applied as they are stored; then per row its max and the softmax numerator
+exp(s - max) and the weighted sum of V, read in place. The 1 / sum of the softmax is
 applied to the output row, not to every probability. Scores exist one row block at a time, never as
 a [batch, heads, seq, seq] tensor. The kernel is generated per head size (its accumulators are
 unrolled) and cached like every generated kernel.
@@ -16,13 +16,13 @@ import numpy as np
 
 from sparsejit.kernels.codegen import load_generated
 
-_ROWS = 8  # query rows per block (QKᵀ tile: 8 rows x 32 keys = 16 accumulators)
-_PV_ROWS = 4  # rows per P·V tile (4 rows x head_size/16 vectors)
+_ROWS = 12  # query rows per block (QKᵀ tile: 12 rows x 32 keys = 24 accumulators)
+_PV_ACC = 24  # accumulators of a P·V tile (rows x head_size/16 vectors)
 
 
-def _source(d: int) -> str:
+def _source(d: int, block_rows: int = _ROWS) -> str:
     nv = d // 16
-    pv_rows = _PV_ROWS if nv <= 4 else max(1, 16 // nv)
+    pv_rows = max(1, min(block_rows, _PV_ACC // nv))
     lines = ["import math",
              "import numpy as np",
              "from numba import njit, prange",
@@ -56,48 +56,44 @@ def _source(d: int) -> str:
              "            for e0 in range(0, d, 16):",
              "                vtranspose16(kf, (bi * sk + j0) * width + off + e0, width, sk - j0, kt, e0 * skp + j0,",
              "                             skp)",
-             f"        sc = np.empty({_ROWS} * skp, dtype=np.float32)",
-             f"        mx = np.empty({_ROWS}, dtype=np.float32)",
-             f"        inv = np.empty({_ROWS}, dtype=np.float32)",
+             f"        sc = np.empty({block_rows} * skp, dtype=np.float32)",
+             f"        inv = np.empty({block_rows}, dtype=np.float32)",
              "        vscale = vbroadcast(scale)",
-             f"        for i0 in range(0, sq, {_ROWS}):",
-             f"            rows = min({_ROWS}, sq - i0)",
+             f"        for i0 in range(0, sq, {block_rows}):",
+             f"            rows = min({block_rows}, sq - i0)",
              ]
-    for r in range(_ROWS):
+    for r in range(block_rows):
         lines.append(f"            qo{r} = (bi * sq + min(i0 + {r}, sq - 1)) * width + off")
         lines.append(f"            bb{r} = bi * sb + hi * sh + min(i0 + {r}, sq - 1) * si")
-        lines.append(f"            vm{r} = ninf")
     lines.append("            for jb in range(0, skp, 32):")
     lines.append("                n0 = min(max(sk - jb, 0), 16)")
     lines.append("                n1 = min(max(sk - jb - 16, 0), 16)")
     lines.append("                lim0 = vbroadcast(n0)")
     lines.append("                lim1 = vbroadcast(n1)")
-    for r in range(_ROWS):
+    for r in range(block_rows):
         lines.append(f"                a{r} = vzero()")
         lines.append(f"                b{r} = vzero()")
     lines.append("                for e in range(d):")
     lines.append("                    kv = vload(kt, e * skp + jb)")
     lines.append("                    kw = vload(kt, e * skp + jb + 16)")
-    for r in range(_ROWS):
+    for r in range(block_rows):
         lines.append(f"                    qb = vload_bcast(qf, qo{r} + e)")
         lines.append(f"                    a{r} = vfma(qb, kv, a{r})")
         lines.append(f"                    b{r} = vfma(qb, kw, b{r})")
     # scale, additive bias (masks, position terms) and key padding (-inf) applied as the scores are
-    # stored; the row max is kept on the way
-    for r in range(_ROWS):
+    # stored (the row max is taken in the softmax pass: kept here it would cost 12 registers)
+    for r in range(block_rows):
         lines.append(f"                x = vfma(a{r}, vscale, vload_mask(bf, bb{r} + jb, n0))")
         lines.append(f"                y = vfma(b{r}, vscale, vload_mask(bf, bb{r} + jb + 16, n1))")
-        lines.append("                x = vblend_lt(lane, lim0, x, ninf)")
-        lines.append("                y = vblend_lt(lane, lim1, y, ninf)")
-        lines.append(f"                vstore(sc, {r} * skp + jb, x)")
-        lines.append(f"                vstore(sc, {r} * skp + jb + 16, y)")
-        lines.append(f"                vm{r} = vmax(vmax(vm{r}, x), y)")
-    for r in range(_ROWS):
-        lines.append(f"            mx[{r}] = _hmax(vm{r}, True)")
+        lines.append(f"                vstore(sc, {r} * skp + jb, vblend_lt(lane, lim0, x, ninf))")
+        lines.append(f"                vstore(sc, {r} * skp + jb + 16, vblend_lt(lane, lim1, y, ninf))")
     lines += [
         "            for r in range(rows):",
         "                row = r * skp",
-        "                m = mx[r]",
+        "                vm = ninf",
+        "                for jb in range(0, skp, 16):",
+        "                    vm = vmax(vm, vload(sc, row + jb))",
+        "                m = _hmax(vm, True)",
         "                if m == -np.inf or m != m:  # every key masked: the row is 0 (or NaN, as ONNX)",
         "                    vfill = vbroadcast(np.float32(0.0) if nan_to_zero else np.float32(np.nan))",
         "                    for jb in range(0, skp, 16):",
@@ -134,11 +130,11 @@ def _source(d: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def attention_kernel(head_size: int):
-    """The compiled kernel for `head_size` (a multiple of 16)."""
+def attention_kernel(head_size: int, block_rows: int = _ROWS):
+    """The compiled kernel for `head_size` (a multiple of 16) and query rows per block."""
     if head_size % 16:
         raise ValueError("generated attention needs a head size that is a multiple of 16")
-    return load_generated(f"attention_d{head_size}", _source(head_size)).attention
+    return load_generated(f"attention_d{head_size}_r{block_rows}", _source(head_size, block_rows)).attention
 
 
 def bias_strides(bias: np.ndarray) -> tuple[int, int, int]:
