@@ -35,7 +35,7 @@ __all__ = [
     "vzero", "vbroadcast", "vload", "vload_a", "vload_bcast", "vload_mask",
     "vstore", "vstore_a", "vstore_mask",
     "vadd", "vsub", "vmul", "vdiv", "vmax", "vmin", "vfma", "vabs", "vhsum", "vextract", "vblend_lt",
-    "vprefetch", "vprefetchw", "vtranspose16",
+    "vprefetch", "vtranspose16",
     "verf", "vtanh", "vexp", "vfloor", "vpow2i",
     "vizero", "vibroadcast", "viload", "vistore", "viadd", "vdpbusd", "vdpbf16ps", "vcvt_i2f",
 ]
@@ -306,22 +306,6 @@ def vextract(typingctx, v, i):
     def codegen(context, builder, sig, args):
         return builder.extract_element(args[0], args[1])
     return types.float32(v, types.intp), codegen
-
-
-@intrinsic
-def vprefetchw(typingctx, arr, off):
-    """Fetch the cache line holding element `off` of `a` into L1 ready to be written (`prefetchw`), so
-    a later store does not wait for the line; never faults."""
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = builder.bitcast(_elem_ptr(context, builder, sig.args[0], args[0], args[1]),
-                              ir.IntType(8).as_pointer())
-        _call_intrinsic(builder, "llvm.prefetch.p0", ir.VoidType(),
-                        [ptr, ir.Constant(_I32, 1), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-        return context.get_dummy_value()
-    return types.none(arr, types.intp), codegen
 
 
 @intrinsic
