@@ -70,6 +70,71 @@ def _hmax(v, valid):  # pragma: no cover - compiled
     return m
 
 
+@njit(inline="always", cache=True)
+def _row_sum(xf, base, body):  # pragma: no cover - compiled
+    # four accumulators: one chain of dependent adds would wait on the add latency at every vector
+    v0 = vzero()
+    v1 = vzero()
+    v2 = vzero()
+    v3 = vzero()
+    j = 0
+    while j + 64 <= body:
+        v0 = vadd(v0, vload(xf, base + j))
+        v1 = vadd(v1, vload(xf, base + j + 16))
+        v2 = vadd(v2, vload(xf, base + j + 32))
+        v3 = vadd(v3, vload(xf, base + j + 48))
+        j += 64
+    while j < body:
+        v0 = vadd(v0, vload(xf, base + j))
+        j += 16
+    return vadd(vadd(v0, v1), vadd(v2, v3))
+
+
+@njit(inline="always", cache=True)
+def _row_sq_dev(xf, base, body, vmean):  # pragma: no cover - compiled
+    v0 = vzero()
+    v1 = vzero()
+    v2 = vzero()
+    v3 = vzero()
+    j = 0
+    while j + 64 <= body:
+        d0 = vsub(vload(xf, base + j), vmean)
+        d1 = vsub(vload(xf, base + j + 16), vmean)
+        d2 = vsub(vload(xf, base + j + 32), vmean)
+        d3 = vsub(vload(xf, base + j + 48), vmean)
+        v0 = vfma(d0, d0, v0)
+        v1 = vfma(d1, d1, v1)
+        v2 = vfma(d2, d2, v2)
+        v3 = vfma(d3, d3, v3)
+        j += 64
+    while j < body:
+        d = vsub(vload(xf, base + j), vmean)
+        v0 = vfma(d, d, v0)
+        j += 16
+    return vadd(vadd(v0, v1), vadd(v2, v3))
+
+
+@njit(inline="always", cache=True)
+def _layer_norm_row(xf, of, r, n, body, scale, bias, eps):  # pragma: no cover - compiled
+    base = r * n
+    s = np.float64(vhsum(_row_sum(xf, base, body)))
+    for j in range(body, n):
+        s += xf[base + j]
+    mean = np.float32(s / n)
+    vmean = vbroadcast(mean)
+    q = np.float64(vhsum(_row_sq_dev(xf, base, body, vmean)))
+    for j in range(body, n):
+        d = xf[base + j] - mean
+        q += d * d
+    inv = np.float32(1.0 / math.sqrt(q / n + eps))
+    vinv = vbroadcast(inv)
+    for j in range(0, body, 16):
+        y = vmul(vsub(vload(xf, base + j), vmean), vinv)
+        vstore(of, base + j, vfma(y, vload(scale, j), vload(bias, j)))
+    for j in range(body, n):
+        of[base + j] = (xf[base + j] - mean) * inv * scale[j] + bias[j]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def layer_norm_rows_f32(x, scale, bias, eps, out):  # pragma: no cover - compiled
     """Vectorised LayerNorm of each row (float32 data, float32 vector sums, two passes)."""
@@ -78,30 +143,7 @@ def layer_norm_rows_f32(x, scale, bias, eps, out):  # pragma: no cover - compile
     of = out.reshape(-1)
     body = n - n % 16
     for r in prange(rows):
-        base = r * n
-        vs = vzero()
-        for j in range(0, body, 16):
-            vs = vadd(vs, vload(xf, base + j))
-        s = np.float64(vhsum(vs))
-        for j in range(body, n):
-            s += xf[base + j]
-        mean = np.float32(s / n)
-        vmean = vbroadcast(mean)
-        vq = vzero()
-        for j in range(0, body, 16):
-            d = vsub(vload(xf, base + j), vmean)
-            vq = vfma(d, d, vq)
-        q = np.float64(vhsum(vq))
-        for j in range(body, n):
-            d = xf[base + j] - mean
-            q += d * d
-        inv = np.float32(1.0 / math.sqrt(q / n + eps))
-        vinv = vbroadcast(inv)
-        for j in range(0, body, 16):
-            y = vmul(vsub(vload(xf, base + j), vmean), vinv)
-            vstore(of, base + j, vfma(y, vload(scale, j), vload(bias, j)))
-        for j in range(body, n):
-            of[base + j] = (xf[base + j] - mean) * inv * scale[j] + bias[j]
+        _layer_norm_row(xf, of, r, n, body, scale, bias, eps)
 
 
 @njit(inline="always", cache=True)
