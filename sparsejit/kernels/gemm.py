@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import get_num_threads, njit, set_parallel_chunksize
+from numba import get_num_threads, njit
 
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.simd import vbroadcast, verf, vfma, vmax, vmul, vtanh, vzero
-from sparsejit.kernels.threading import configure_threading
+from sparsejit.kernels.threading import configure_threading, run_dynamic_tasks
 from sparsejit.kernels.tiles import fma_tile, masked_store_tile, panel_driver, split_last_panel, zero_tile
 
 __all__ = ["ACTIVATIONS", "PackedMatrix", "pack_b", "gemm", "bind_gemm", "matmul", "warmup", "DEFAULT_TILE"]
@@ -306,12 +306,8 @@ def gemm(
     k, n, m = packed.k, packed.n, ops.m
     a_f, out_f, bias_f, res_f, has_bias, has_res = ops.a, ops.out, ops.bias, ops.res, ops.has_bias, ops.has_res
     kernel = _kernel(k, n, mr, packed.nr, activation)
-    old = set_parallel_chunksize(1)  # dynamic task hand-out: robust when a core is busy
-    try:
-        kernel(a_f, packed.data.reshape(-1), out_f, bias_f, res_f, m, tiles_per_block(m, 4 * k, mr, packed.n_panels),
-               has_bias, has_res)
-    finally:
-        set_parallel_chunksize(old)
+    run_dynamic_tasks(kernel, a_f, packed.data.reshape(-1), out_f, bias_f, res_f, m,
+                      tiles_per_block(m, 4 * k, mr, packed.n_panels), has_bias, has_res)
 
 
 def bind_gemm(a: np.ndarray, packed: PackedMatrix, out: np.ndarray, bias: np.ndarray | None = None,
@@ -333,11 +329,7 @@ def bind_gemm(a: np.ndarray, packed: PackedMatrix, out: np.ndarray, bias: np.nda
     data, tpb = packed.data.reshape(-1), tiles_per_block(ops.m, 4 * packed.k, mr, packed.n_panels)
 
     def run() -> None:
-        old = set_parallel_chunksize(1)
-        try:
-            kernel(ops.a, data, ops.out, ops.bias, ops.res, ops.m, tpb, ops.has_bias, ops.has_res)
-        finally:
-            set_parallel_chunksize(old)
+        run_dynamic_tasks(kernel, ops.a, data, ops.out, ops.bias, ops.res, ops.m, tpb, ops.has_bias, ops.has_res)
 
     return run
 
@@ -423,8 +415,4 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     a_f = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
     b_f = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
     kernel = load_generated_once("matmul", _gen_matmul_source).matmul_kernel
-    old = set_parallel_chunksize(1)
-    try:
-        kernel(a_f, b_f, out_f, batch, m, k, n)
-    finally:
-        set_parallel_chunksize(old)
+    run_dynamic_tasks(kernel, a_f, b_f, out_f, batch, m, k, n)

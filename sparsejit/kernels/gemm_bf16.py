@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import njit, prange, set_parallel_chunksize
+from numba import njit, prange
 
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _ACT_FN, _aligned_empty, gemm_operands, tiles_per_block
-from sparsejit.kernels.threading import configure_threading
+from sparsejit.kernels.threading import configure_threading, run_dynamic_tasks
 from sparsejit.kernels.tiles import activate_add_store, group4_dot_tile, panel_driver, split_last_panel
 
 __all__ = ["PackedBF16", "pack_b_bf16", "bgemm", "to_bf16", "to_bf16_rows", "DEFAULT_TILE_BF16"]
@@ -180,9 +180,5 @@ def bgemm(a: np.ndarray, packed: PackedBF16, out: np.ndarray, bias: np.ndarray |
     a_bf = scratch if scratch is not None and scratch.shape == shape else np.empty(shape, np.uint16)
     to_bf16_rows(ops.a, a_bf)
     kernel = _kernel(packed.k, packed.n, mr, packed.nr, activation)
-    old = set_parallel_chunksize(1)
-    try:
-        kernel(a_bf.reshape(-1).view(np.uint8), packed.data, ops.out, ops.bias, ops.res, ops.m,
-               tiles_per_block(ops.m, 2 * packed.kp, mr, packed.n_panels), ops.has_bias, ops.has_res)
-    finally:
-        set_parallel_chunksize(old)
+    run_dynamic_tasks(kernel, a_bf.reshape(-1).view(np.uint8), packed.data, ops.out, ops.bias, ops.res, ops.m,
+                      tiles_per_block(ops.m, 2 * packed.kp, mr, packed.n_panels), ops.has_bias, ops.has_res)

@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import njit, set_parallel_chunksize
+from numba import njit
 
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty, tiles_per_block
 from sparsejit.kernels.quantize import convert_rows, dynamic_params, dynamic_quantize_rows, quantize_rows
-from sparsejit.kernels.threading import configure_threading
+from sparsejit.kernels.threading import configure_threading, run_dynamic_tasks
 from sparsejit.kernels.tiles import activate_add_store, group4_dot_tile, panel_driver, split_last_panel
 
 __all__ = ["PackedInt8", "pack_b_int8", "qgemm", "quantize_rows", "dynamic_params", "dynamic_quantize_rows",
@@ -262,12 +262,8 @@ def bind_qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, bias: np.nd
     def run(comp: np.ndarray, scale: np.ndarray) -> None:
         if res_src is not None:
             res_f.reshape(res_src.shape)[...] = res_src
-        old = set_parallel_chunksize(1)
-        try:
-            kernel(a_f, packed.data, out_f, comp, scale, bias_f, res_f, rs, packed.zero, m, tpb, has_res,
-                   packed.has_zero, zero_y, qlo, qhi)
-        finally:
-            set_parallel_chunksize(old)
+        run_dynamic_tasks(kernel, a_f, packed.data, out_f, comp, scale, bias_f, res_f, rs, packed.zero, m, tpb,
+                          has_res, packed.has_zero, zero_y, qlo, qhi)
 
     return run
 

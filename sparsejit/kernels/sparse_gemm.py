@@ -29,13 +29,13 @@ from types import ModuleType
 
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, prange, set_parallel_chunksize, types
+from numba import get_num_threads, njit, prange, types
 from numba.extending import intrinsic
 
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _aligned_empty, _check_activation, gemm_operands
 from sparsejit.kernels.simd import _elem_ptr
-from sparsejit.kernels.threading import configure_threading
+from sparsejit.kernels.threading import configure_threading, dynamic_tasks
 from sparsejit.kernels.tiles import fma_tile, masked_store_tile, zero_tile
 
 __all__ = ["BlockSparse", "CscSparse", "BLOCK_WIDTHS", "block_sparse", "csc_sparse", "sparse_gemm",
@@ -390,8 +390,7 @@ def sparse_gemm(a: np.ndarray, weight: BlockSparse | CscSparse, out: np.ndarray,
         if has_bias or has_res or activation is not None:
             _finish_dense_zero(out_f, bias_f, res_f, m, n, has_bias, has_res, activation)
         return
-    old = set_parallel_chunksize(1)
-    try:
+    with dynamic_tasks():
         if isinstance(weight, BlockSparse):
             kern = _block_module(weight.bw, activation).block_kernel
             mr = _BLOCK_MR[weight.bw]
@@ -414,8 +413,6 @@ def sparse_gemm(a: np.ndarray, weight: BlockSparse | CscSparse, out: np.ndarray,
             nc = max(1, -(-n // max(1, -(-n // nc))))
             mod.csc_kernel(at, weight.values, weight.rows, weight.ptr, ct, m, n, mp, nc)
             mod.finish_kernel(ct, out_f, bias_f, res_f, m, n, mp, has_bias, has_res)
-    finally:
-        set_parallel_chunksize(old)
 
 
 def _numpy_activation(name: str, x: np.ndarray) -> np.ndarray:

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import get_num_threads, set_parallel_chunksize
+from numba import get_num_threads
 
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty
-from sparsejit.kernels.threading import configure_threading
+from sparsejit.kernels.threading import configure_threading, run_dynamic_tasks
 
 __all__ = ["BlockSparseInt8", "INT8_BLOCK_WIDTHS", "block_sparse_int8", "block_qgemm"]
 
@@ -242,11 +242,7 @@ def block_qgemm(a_q: np.ndarray, weight: BlockSparseInt8, out: np.ndarray, comp:
         res_f = res_f.copy()
     mr = _BLOCK_MR[weight.bw]
     kernel = _kernel(weight.bw, mr, activation)
-    old = set_parallel_chunksize(1)
-    try:
-        kernel(a_q.reshape(-1), weight.values, weight.groups, weight.ptr, out.reshape(-1), comp, scale, bias_f,
-               res_f, m, weight.kp, weight.n,
-               *_task_shape(m, weight.kp, mr, n_cb, weight.values.nbytes // max(1, n_cb), get_num_threads()),
-               residual is not None)
-    finally:
-        set_parallel_chunksize(old)
+    run_dynamic_tasks(kernel, a_q.reshape(-1), weight.values, weight.groups, weight.ptr, out.reshape(-1), comp, scale,
+                      bias_f, res_f, m, weight.kp, weight.n,
+                      *_task_shape(m, weight.kp, mr, n_cb, weight.values.nbytes // max(1, n_cb), get_num_threads()),
+                      residual is not None)

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import njit, prange, set_parallel_chunksize
+from numba import njit, prange
 
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS
 from sparsejit.kernels.simd import vtranspose16
-from sparsejit.kernels.threading import configure_threading
+from sparsejit.kernels.threading import configure_threading, dynamic_tasks
 
 __all__ = ["KSparseInt8", "ksparse_int8", "ksparse_qgemm", "lanes_scratch_size", "ROW_GROUPS"]
 
@@ -212,14 +212,11 @@ def ksparse_qgemm(a_q: np.ndarray, weight: KSparseInt8, out: np.ndarray, comp: n
     if residual is not None and np.may_share_memory(res_f, out):
         res_f = res_f.copy()
     bias_f = np.zeros(pad, np.float32) if bias is None else _padded(bias, pad, np.float32)
-    old = set_parallel_chunksize(1)
-    try:
+    with dynamic_tasks():
         _rows_to_lanes(a_q, m, g_count, a16)
         _kernel(activation)(a16.reshape(-1), weight.values, weight.groups, weight.ptr, out.reshape(-1),
                             _padded(comp, pad, np.int32), _padded(scale, pad, np.float32), bias_f, res_f, m,
                             g_count, weight.n, residual is not None)
-    finally:
-        set_parallel_chunksize(old)
 
 
 def lanes_scratch_size(m: int, kp: int) -> int:
