@@ -303,7 +303,8 @@ def test_dynamic_quantize_rows_matches_onnxruntime(m: int, k: int, kp: int) -> N
 
     rng = np.random.default_rng(m)
     x = (rng.standard_normal((m, k)) * 4 + 1.5).astype(np.float32)
-    x[0, 0] = -20.0  # min far from the bulk
+    x[0, 0] = -20.0  # min and max far from the bulk, in different 16-lane blocks
+    x[-1, 16] = 30.0
     aq = np.full((m, kp), 77, np.uint8)
     rowsum = np.empty(m, np.int32)
     scale, zero = q.dynamic_quantize_rows(x, aq, rowsum)

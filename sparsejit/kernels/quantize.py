@@ -43,17 +43,23 @@ _NO_ROWSUM = np.zeros(1, dtype=np.int32)
 def _minmax(x, lo, hi):  # type: ignore[no-untyped-def]
     mn = vzero()  # zero padding of masked loads is harmless: the range always includes 0
     mx = vzero()
+    mn2 = vzero()  # two chains each: one would wait on the min/max latency at every vector
+    mx2 = vzero()
     i = lo
-    while i + 16 <= hi:
+    while i + 32 <= hi:
         v = vload(x, i)
+        w = vload(x, i + 16)
+        mn = vmin(mn, v)
+        mx = vmax(mx, v)
+        mn2 = vmin(mn2, w)
+        mx2 = vmax(mx2, w)
+        i += 32
+    while i < hi:
+        v = vload_mask(x, i, min(16, hi - i))
         mn = vmin(mn, v)
         mx = vmax(mx, v)
         i += 16
-    if i < hi:
-        v = vload_mask(x, i, hi - i)
-        mn = vmin(mn, v)
-        mx = vmax(mx, v)
-    return vhmin(mn), vhmax(mx)
+    return vhmin(vmin(mn, mn2)), vhmax(vmax(mx, mx2))
 
 
 @njit(inline="always", cache=True)
