@@ -36,7 +36,7 @@ from sparsejit.kernels.codegen import cache_root, kernel_dir
 from sparsejit.kernels.gemm import PackedMatrix, bind_gemm, gemm, pack_b
 from sparsejit.kernels.gemm_bf16 import PackedBF16, bgemm, pack_b_bf16
 
-__all__ = ["MIN_SPARSITY", "MatMulKernel", "WeightKernels", "choose_matmul_kernel", "ENV_POLICY"]
+__all__ = ["MIN_SPARSITY", "MatMulKernel", "WeightKernels", "TimedChoice", "choose_matmul_kernel", "ENV_POLICY"]
 
 MIN_SPARSITY = 0.5  # below this, sparse kernels are not even timed
 MAX_BLOCK_DENSITY = 0.6  # block kernels storing more than this fraction of blocks are not timed
@@ -118,7 +118,45 @@ def _policy() -> str:
     return value
 
 
-class WeightKernels:
+class TimedChoice:
+    """The decision flow every per-weight kernel choice shares: list the candidates; with more than
+    one, look the decision up in the disk cache or time them on M rows and record the fastest.
+
+    Subclasses provide `candidates()`, `_time(names, m, activation)`, `_cache_key(m, activation,
+    names)` and `_describe()` (fields saved with a decision), and keep `decisions`.
+    """
+
+    decisions: dict[tuple[int, str | None], dict[str, Any]]
+
+    def candidates(self) -> list[str]:
+        raise NotImplementedError
+
+    def _time(self, names: list[str], m: int, activation: str | None) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _cache_key(self, m: int, activation: str | None, names: list[str]) -> str:
+        raise NotImplementedError
+
+    def _describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _decide(self, m: int, activation: str | None) -> str:
+        """The name of the fastest candidate for M rows (timed once, then cached in memory and on disk)."""
+        names = self.candidates()
+        if len(names) == 1:
+            return names[0]
+        key = self._cache_key(m, activation, names)
+        record = _read_decision(key)
+        if record is None or record.get("kernel") not in names:
+            times = self._time(names, m, activation)
+            record = {"kernel": min(times, key=times.__getitem__), "times": times, "m": m,
+                      "activation": activation, **self._describe()}
+            _write_decision(key, record)
+        self.decisions[(m, activation)] = record
+        return str(record["kernel"])
+
+
+class WeightKernels(TimedChoice):
     """The kernels of one constant weight, shared by every bucket (one M each) that uses it."""
 
     def __init__(self, weight: np.ndarray, precision: str = "fp32") -> None:
@@ -171,24 +209,14 @@ class WeightKernels:
     # ---- choice -------------------------------------------------------------------------------
     def choose(self, m: int, activation: str | None) -> MatMulKernel:
         """The fastest kernel for M rows (timed once, then cached in memory and on disk)."""
-        names = self.candidates()
-        if len(names) == 1:
-            chosen = names[0]
-        else:
-            key = self._cache_key(m, activation, names)
-            record = _read_decision(key)
-            if record is None or record.get("kernel") not in names:
-                times = self._time(names, m, activation)
-                record = {"kernel": min(times, key=times.__getitem__), "times": times, "m": m,
-                          "shape": list(self.weight.shape), "activation": activation,
-                          "sparsity": self.stats.sparsity}
-                _write_decision(key, record)
-            self.decisions[(m, activation)] = record
-            chosen = record["kernel"]
+        chosen = self._decide(m, activation)
         kernel = self._kernel(chosen, activation)
         self._chosen.add(chosen)
         self._forms = {n: f for n, f in self._forms.items() if n in self._chosen}  # drop the losers
         return kernel
+
+    def _describe(self) -> dict[str, Any]:
+        return {"shape": list(self.weight.shape), "sparsity": self.stats.sparsity}
 
     def _time(self, names: list[str], m: int, activation: str | None) -> dict[str, float]:
         k, n = self.weight.shape

@@ -32,8 +32,7 @@ from sparsejit.plan.kernel_choice import (
     MAX_BLOCK_DENSITY,
     MAX_TIMED_ROWS,
     MIN_SPARSITY,
-    _read_decision,
-    _write_decision,
+    TimedChoice,
     time_candidates,
 )
 
@@ -57,7 +56,7 @@ def _policy() -> str:
     return value
 
 
-class QWeightKernels:
+class QWeightKernels(TimedChoice):
     """The kernels of one packed int8 weight, shared by every bucket (one M each) that uses it."""
 
     def __init__(self, packed: PackedInt8) -> None:
@@ -115,20 +114,7 @@ class QWeightKernels:
 
     def choose(self, m: int, activation: str | None) -> tuple[str, QKernel]:
         """(name, kernel) of the fastest kernel for M rows (timed once, cached in memory and on disk)."""
-        names = self.candidates()
-        if len(names) == 1:
-            chosen = names[0]
-        else:
-            key = self._cache_key(m, activation, names)
-            record = _read_decision(key)
-            if record is None or record.get("kernel") not in names:
-                times = self._time(names, m, activation)
-                record = {"kernel": min(times, key=times.__getitem__), "times": times, "m": m,
-                          "shape": [self.packed.k, self.packed.n], "activation": activation,
-                          "sparsity": self.sparsity, "int8": True}
-                _write_decision(key, record)
-            self.decisions[(m, activation)] = record
-            chosen = record["kernel"]
+        chosen = self._decide(m, activation)
         self._chosen.add(chosen)
         kernel = self._kernel(chosen, activation)
         self._forms = {n: f for n, f in self._forms.items() if n in self._chosen or n == "dense"}
@@ -144,6 +130,9 @@ class QWeightKernels:
             self.packed = dataclasses.replace(self.packed, data=np.zeros(64, np.int8))
             del self._forms["dense"]
         self._w = None
+
+    def _describe(self) -> dict[str, Any]:
+        return {"shape": [self.packed.k, self.packed.n], "sparsity": self.sparsity, "int8": True}
 
     def _time(self, names: list[str], m: int, activation: str | None) -> dict[str, float]:
         p = self.packed
