@@ -124,6 +124,33 @@ def test_int8_fusion_applies(distilbert: Path) -> None:
         ops = [n.op_type for n in graph.nodes]
         assert ops.count("QMatMul") == 19, (form, ops.count("QMatMul"))  # 3 layers x 6 + classifier
         assert "MatMulInteger" not in ops
+        if form.startswith("qdq"):  # every per-tensor Q -> DQ pair left runs inside an elementwise kernel
+            assert "QuantizeLinear" not in ops, (form, ops.count("QuantizeLinear"))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_fake_quant_chain_is_one_kernel_and_bit_exact(dtype: Any) -> None:
+    """x -> QuantizeLinear -> DequantizeLinear -> Add fuses into one elementwise kernel whose output
+    equals onnxruntime's (NaN and infinities included, where the quantiser saturates)."""
+    from sparsejit.graph.fusion import fuse_elementwise_chains
+    from sparsejit.graph.onnx_import import load_onnx
+    from sparsejit.graph.specialise import fold_constants, specialise
+
+    zero = np.array(3 if dtype == np.int8 else 131, dtype)
+    nodes = [oh.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             oh.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             oh.make_node("Add", ["d", "x"], ["y"])]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, _X.shape)],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [nh.from_array(np.array(0.037, np.float32), "s"), nh.from_array(zero, "z")])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 9
+    data = model.SerializeToString()
+    fused = fuse_elementwise_chains(specialise(fold_constants(load_onnx(data)), {"x": _X.shape}))
+    assert [n.op_type for n in fused.nodes] == ["FusedElementwise"]
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": _X})[0]
+    got = sparsejit.Engine(data, input_shapes={"x": _X.shape}).run({"x": _X})["y"]
+    np.testing.assert_array_equal(got, ref)
 
 
 @pytest.mark.parametrize("form", ("dynamic", "qdq", "qop"))

@@ -172,6 +172,26 @@ def _identify(graph: Graph, members: list[Node], y: str) -> str | None:
     return None
 
 
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+_QDQ_TYPES = (np.dtype(np.int8), np.dtype(np.uint8))
+
+
+def _is_elementwise(graph: Graph, node: Node) -> bool:
+    """An ai.onnx elementwise op, or a QuantizeLinear / DequantizeLinear with one constant scale and
+    zero point for the whole tensor (8-bit): then it is a scalar function of its input too, and a
+    Q -> DQ pair (a fake-quantised activation) runs as one kernel with no 8-bit tensor in between."""
+    if node.domain or len(node.outputs) != 1:
+        return False
+    if node.op_type in ELEMENTWISE_OPS:
+        return True
+    if node.op_type not in _QDQ_OPS or node.attrs.get("block_size", 0):
+        return False
+    eight_bit = node.outputs[0] if node.op_type == "QuantizeLinear" else node.inputs[0]
+    zero = node.inputs[2] if len(node.inputs) > 2 else ""
+    return (graph.value_info[eight_bit].dtype in _QDQ_TYPES and _scalar_const(graph, node.inputs[1])
+            and (not zero or _scalar_const(graph, zero)))
+
+
 def fuse_elementwise_chains(graph: Graph) -> Graph:
     """Merge chains of elementwise nodes (each output feeding only the next) into one node."""
     uses = _Uses(graph)
@@ -179,7 +199,7 @@ def fuse_elementwise_chains(graph: Graph) -> Graph:
     tail_group: dict[str, list[Node]] = {}  # output name of a group's last node -> the group
     groups: list[list[Node]] = []
     for node in graph.nodes:
-        if node.domain or node.op_type not in ELEMENTWISE_OPS or len(node.outputs) != 1:
+        if not _is_elementwise(graph, node):
             continue
         out_shape = tuple(graph.value_info[node.outputs[0]].shape)
         joined = None

@@ -37,6 +37,7 @@ from sparsejit.kernels.gemm_int8 import (
 )
 from sparsejit.kernels.normalization import softmax
 from sparsejit.plan.lowering import LowerContext, Step, lowers
+from sparsejit.plan.ops_elementwise import ELEMENTWISE
 from sparsejit.plan.qkernel_choice import QWeightKernels
 
 _QRANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
@@ -110,6 +111,23 @@ def _out_qdtype(node: Node, ctx: LowerContext) -> np.dtype:
 
 # ----------------------------------------------------------------------------------------------
 # QuantizeLinear / DequantizeLinear
+
+
+def _quantize_expression(node: Node, x: list[str], dtypes: list[np.dtype], out: np.dtype) -> str:
+    """Per-tensor QuantizeLinear inside a fused elementwise chain (scale, zero point inlined)."""
+    zero = f"np.float32({x[2]})" if len(x) > 2 and x[2] else "np.float32(0.0)"
+    return _quant_expr(f"np.float32({x[0]})", f"np.float32({x[1]})", zero, out)
+
+
+def _dequantize_expression(node: Node, x: list[str], dtypes: list[np.dtype], out: np.dtype) -> str:
+    zero = f"np.float32({x[2]})" if len(x) > 2 and x[2] else "np.float32(0.0)"
+    return f"((np.float32({x[0]}) - {zero}) * np.float32({x[1]}))"
+
+
+# what `graph.fusion` lets join elementwise chains (its `_is_elementwise`): the same arithmetic as the
+# standalone lowerings below, so a fused Q -> DQ pair gives the same bits
+ELEMENTWISE["QuantizeLinear"] = _quantize_expression
+ELEMENTWISE["DequantizeLinear"] = _dequantize_expression
 
 
 @lowers("DequantizeLinear")
