@@ -48,10 +48,15 @@ def _softplus(x):
 '''
 
 
-def _source(expr: str, n_inputs: int, rank: int) -> str:
+def _source(expr: str, n_inputs: int, rank: int, broadcast: tuple[tuple[bool, ...], ...]) -> str:
     idx = ", ".join(f"i{d}" for d in range(rank))
     args = ", ".join([f"x{i}" for i in range(n_inputs)] + ["out"])
-    body = expr.format(*(f"x{i}[{idx}]" for i in range(n_inputs)))
+
+    def index(k: int) -> str:  # a dimension the operand is broadcast along is read at 0
+        flags = broadcast[k] if k < len(broadcast) else (False,) * rank
+        return ", ".join("0" if flags[d] else f"i{d}" for d in range(rank))
+
+    body = expr.format(*(f"x{i}[{index(i)}]" for i in range(n_inputs)))
     lines = [_HEADER, "@njit(parallel=True, cache=True, nogil=True)", f"def kernel({args}):",
              "    s = out.shape"]
     outer = " * ".join(f"s[{d}]" for d in range(rank - 1))
@@ -64,11 +69,16 @@ def _source(expr: str, n_inputs: int, rank: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def elementwise_kernel(expr: str, n_inputs: int, rank: int) -> Callable[..., None]:
-    """Compile (or load from cache) the kernel for `expr` at `rank` (≥ 2) dimensions."""
+def elementwise_kernel(expr: str, n_inputs: int, rank: int,
+                       broadcast: tuple[tuple[bool, ...], ...] = ()) -> Callable[..., None]:
+    """Compile (or load from cache) the kernel for `expr` at `rank` (≥ 2) dimensions.
+
+    `broadcast[k][d]` marks a dimension input k has size 1 in and is read at index 0 along (inputs
+    without flags are indexed like the output, zero strides allowed).
+    """
     if rank < 2:
         raise ValueError("elementwise kernels work on rank ≥ 2 views; reshape first")
-    return load_generated("ew", _source(expr, n_inputs, rank)).kernel
+    return load_generated("ew", _source(expr, n_inputs, rank, tuple(broadcast))).kernel
 
 
 def as_rank2(arrays: list[np.ndarray], out: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
@@ -77,3 +87,25 @@ def as_rank2(arrays: list[np.ndarray], out: np.ndarray) -> tuple[list[np.ndarray
         return arrays, out
     shape = (1, out.size) if out.ndim == 1 else (1, 1)
     return [a.reshape(shape) for a in arrays], out.reshape(shape)
+
+
+def _unbroadcast(arr: np.ndarray, rank: int) -> np.ndarray:
+    """`arr` with `rank` dimensions (leading 1s added) and every zero-stride dimension cut to size 1."""
+    arr = arr.reshape((1,) * (rank - arr.ndim) + arr.shape)
+    cut = tuple(slice(0, 1) if st == 0 and n > 1 else slice(None) for st, n in zip(arr.strides, arr.shape, strict=True))
+    return arr[cut]
+
+
+def elementwise_step(expr: str, arrays: list[np.ndarray], out: np.ndarray) -> Callable[[], None]:
+    """A plan step running `expr` over operands that broadcast to `out` (any shapes numpy broadcasts).
+
+    Broadcast operands are read in place at their own size rather than through zero-stride views,
+    which keeps them contiguous, so LLVM vectorises the inner loop (a bias row added to a
+    [rows, 768] tensor: 90 -> ~15 us at 128 rows).
+    """
+    rank = max(2, out.ndim)
+    out_view = out.reshape((1,) * (rank - out.ndim) + out.shape)
+    views = [_unbroadcast(np.asarray(a), rank) for a in arrays]
+    flags = tuple(tuple(v.shape[d] == 1 and out_view.shape[d] != 1 for d in range(rank)) for v in views)
+    kernel = elementwise_kernel(expr, len(views), rank, flags)
+    return lambda: kernel(*views, out_view)

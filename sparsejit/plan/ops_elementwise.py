@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from sparsejit.graph.ir import Node
-from sparsejit.kernels.elementwise import as_rank2, elementwise_kernel
+from sparsejit.kernels.elementwise import elementwise_step
 from sparsejit.plan.lowering import LowerContext, Step, lowers
 
 Expr = Callable[[Node, list[str], list[np.dtype], np.dtype], str]
@@ -158,7 +158,7 @@ def scalar_literal(value: np.ndarray) -> str | None:
 def _operands(names: list[str], ctx: LowerContext, out: np.ndarray,
               runtime: list[np.ndarray]) -> dict[str, str]:
     """Operand text for each input name: an inlined scalar literal or `{k}`, the k-th run-time array
-    (appended to `runtime`, broadcast to the output shape)."""
+    (appended to `runtime`; it broadcasts to the output shape)."""
     text: dict[str, str] = {}
     for name in names:
         if not name or name in text:
@@ -168,11 +168,8 @@ def _operands(names: list[str], ctx: LowerContext, out: np.ndarray,
         if literal is not None:
             text[name] = literal
             continue
-        arr = ctx.operand(name)
-        if arr.shape != out.shape:
-            arr = np.broadcast_to(arr, out.shape)
         text[name] = "{" + str(len(runtime)) + "}"
-        runtime.append(arr)
+        runtime.append(ctx.operand(name))  # broadcast to `out` by the kernel
     return text
 
 
@@ -186,11 +183,7 @@ def node_expression(node: Node, ctx: LowerContext, operand: dict[str, str], expr
 
 
 def _kernel_step(expr: str, runtime: list[np.ndarray], out: np.ndarray) -> Step:
-    if not runtime:  # every operand inlined: the kernel still needs an array to iterate over
-        runtime.append(np.zeros(out.shape, dtype=np.float32))
-    views, out_view = as_rank2(runtime, out)
-    kernel = elementwise_kernel(expr, len(views), out_view.ndim)
-    return lambda: kernel(*views, out_view)
+    return elementwise_step(expr, runtime, out)
 
 
 def lower_elementwise(node: Node, ctx: LowerContext, expr_fn: Expr | None = None) -> Step:

@@ -21,7 +21,7 @@ from sparsejit.errors import UnsupportedOperatorError
 from sparsejit.graph import quant_ops  # noqa: F401  (registers the quantisation op rules)
 from sparsejit.graph.ir import Node
 from sparsejit.graph.quant_ops import MS_DOMAIN, axis_shape, matmulnbits_weight
-from sparsejit.kernels.elementwise import as_rank2, elementwise_kernel
+from sparsejit.kernels.elementwise import elementwise_step
 from sparsejit.kernels.gemm import gemm, pack_b
 from sparsejit.kernels.gemm import matmul as simd_matmul
 from sparsejit.kernels.gemm_int8 import (
@@ -49,9 +49,9 @@ _CTOR = {np.dtype(np.uint8): "np.uint8", np.dtype(np.int8): "np.int8"}
 
 
 class _Operands:
-    """Run-time operands of a generated elementwise kernel, broadcast to the output shape.
+    """Run-time operands of a generated elementwise kernel (any shapes that broadcast to the output).
 
-    Scales and zero points are passed as (zero-stride) arrays rather than inlined as literals, so
+    Scales and zero points are passed as (size-1) arrays rather than inlined as literals, so
     every Q/DQ node of a model shares one compiled kernel per expression shape.
     """
 
@@ -60,18 +60,12 @@ class _Operands:
         self.arrays: list[np.ndarray] = []
 
     def add(self, arr: np.ndarray, as_float: bool = False) -> str:
-        arr = np.asarray(arr)  # a view of a run-time buffer stays a view: its values change per run
-        view = arr if arr.shape == self.out.shape else np.broadcast_to(arr, self.out.shape)
-        self.arrays.append(view)
+        self.arrays.append(np.asarray(arr))  # a view of a run-time buffer stays a view: its values change
         text = "{" + str(len(self.arrays) - 1) + "}"
         return f"np.float32({text})" if as_float else text
 
     def step(self, expr: str) -> Step:
-        if not self.arrays:
-            self.arrays.append(np.zeros(self.out.shape, dtype=np.float32))
-        views, out_view = as_rank2(self.arrays, self.out)
-        kernel = elementwise_kernel(expr, len(views), out_view.ndim)
-        return lambda: kernel(*views, out_view)
+        return elementwise_step(expr, self.arrays, self.out)
 
 
 def _param(ctx: LowerContext, node: Node, index: int, ndim: int = 0, axis: int = 0) -> np.ndarray:

@@ -12,16 +12,15 @@ import numpy as np
 from sparsejit.errors import UnsupportedOperatorError
 from sparsejit.graph.ir import Node
 from sparsejit.graph.reference import evaluate
-from sparsejit.kernels.elementwise import as_rank2, elementwise_kernel
+from sparsejit.kernels.elementwise import elementwise_step
 from sparsejit.kernels.indexing import cumsum, gather
 from sparsejit.plan.lowering import LowerContext, Step, lowers
 
 
 def copy_step(src: np.ndarray, dst: np.ndarray) -> Step:
-    """A step copying view `src` into view `dst` (same shape) with the generated copy kernel."""
-    (src,), dst = as_rank2([src], dst)
-    kernel = elementwise_kernel("{0}", 1, dst.ndim)
-    return lambda: kernel(src, dst)
+    """A step copying view `src` into view `dst` (same shape, or one `src` broadcasts to) with the
+    generated copy kernel."""
+    return elementwise_step("{0}", [src], dst)
 
 
 def sequence(steps: list[Step]) -> Step:
