@@ -29,6 +29,10 @@ def _call(fn: str) -> Expr:
     return lambda node, x, dts, out: f"{fn}({x[0]})"
 
 
+def _erf(node, x, dts, out):  # float32: a rational form LLVM vectorises (libm's erff is a scalar call)
+    return f"_erf32({x[0]})" if dts[0] == np.float32 else f"math.erf({x[0]})"
+
+
 def _div(node, x, dts, out):
     return f"_idiv({x[0]}, {x[1]})" if _is_int(dts[0]) else f"({x[0]} / {x[1]})"
 
@@ -112,7 +116,7 @@ ELEMENTWISE: dict[str, Expr] = {
     "BitwiseAnd": _binary("&"), "BitwiseOr": _binary("|"), "BitwiseXor": _binary("^"),
     "Mod": _mod, "Max": _fold("_max"), "Min": _fold("_min"), "Sum": _sum, "Mean": _mean,
     "Where": lambda node, x, dts, out: f"({x[1]} if {x[0]} else {x[2]})",
-    "Erf": _call("math.erf"), "Tanh": _call("math.tanh"), "Sqrt": _call("math.sqrt"),
+    "Erf": _erf, "Tanh": _call("math.tanh"), "Sqrt": _call("math.sqrt"),
     "Exp": _call("math.exp"), "Log": _call("math.log"), "Sin": _call("math.sin"), "Cos": _call("math.cos"),
     "Abs": _call("abs"), "Floor": _call("np.floor"), "Ceil": _call("np.ceil"), "Sign": _call("np.sign"),
     "Round": _call("np.round"),
