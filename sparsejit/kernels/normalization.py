@@ -71,45 +71,27 @@ def _hmax(v, valid):  # pragma: no cover - compiled
 
 
 @njit(inline="always", cache=True)
-def _row_sum(xf, base, body):  # pragma: no cover - compiled
-    # four accumulators: one chain of dependent adds would wait on the add latency at every vector
-    v0 = vzero()
-    v1 = vzero()
-    v2 = vzero()
-    v3 = vzero()
-    j = 0
-    while j + 64 <= body:
-        v0 = vadd(v0, vload(xf, base + j))
-        v1 = vadd(v1, vload(xf, base + j + 16))
-        v2 = vadd(v2, vload(xf, base + j + 32))
-        v3 = vadd(v3, vload(xf, base + j + 48))
-        j += 64
-    while j < body:
-        v0 = vadd(v0, vload(xf, base + j))
-        j += 16
-    return vadd(vadd(v0, v1), vadd(v2, v3))
+def _accumulate(v, d, squared):  # pragma: no cover - compiled
+    return vfma(d, d, v) if squared else vadd(v, d)
 
 
 @njit(inline="always", cache=True)
-def _row_sq_dev(xf, base, body, vmean):  # pragma: no cover - compiled
+def _row_moment(xf, base, body, vmean, squared):  # pragma: no cover - compiled
+    """Vector sum of (x - mean), or of its square, over the row's first `body` elements. Four
+    accumulators: one chain of dependent adds would wait on the add latency at every vector."""
     v0 = vzero()
     v1 = vzero()
     v2 = vzero()
     v3 = vzero()
     j = 0
     while j + 64 <= body:
-        d0 = vsub(vload(xf, base + j), vmean)
-        d1 = vsub(vload(xf, base + j + 16), vmean)
-        d2 = vsub(vload(xf, base + j + 32), vmean)
-        d3 = vsub(vload(xf, base + j + 48), vmean)
-        v0 = vfma(d0, d0, v0)
-        v1 = vfma(d1, d1, v1)
-        v2 = vfma(d2, d2, v2)
-        v3 = vfma(d3, d3, v3)
+        v0 = _accumulate(v0, vsub(vload(xf, base + j), vmean), squared)
+        v1 = _accumulate(v1, vsub(vload(xf, base + j + 16), vmean), squared)
+        v2 = _accumulate(v2, vsub(vload(xf, base + j + 32), vmean), squared)
+        v3 = _accumulate(v3, vsub(vload(xf, base + j + 48), vmean), squared)
         j += 64
     while j < body:
-        d = vsub(vload(xf, base + j), vmean)
-        v0 = vfma(d, d, v0)
+        v0 = _accumulate(v0, vsub(vload(xf, base + j), vmean), squared)
         j += 16
     return vadd(vadd(v0, v1), vadd(v2, v3))
 
@@ -117,12 +99,12 @@ def _row_sq_dev(xf, base, body, vmean):  # pragma: no cover - compiled
 @njit(inline="always", cache=True)
 def _layer_norm_row(xf, of, r, n, body, scale, bias, eps):  # pragma: no cover - compiled
     base = r * n
-    s = np.float64(vhsum(_row_sum(xf, base, body)))
+    s = np.float64(vhsum(_row_moment(xf, base, body, vzero(), False)))
     for j in range(body, n):
         s += xf[base + j]
     mean = np.float32(s / n)
     vmean = vbroadcast(mean)
-    q = np.float64(vhsum(_row_sq_dev(xf, base, body, vmean)))
+    q = np.float64(vhsum(_row_moment(xf, base, body, vmean, True)))
     for j in range(body, n):
         d = xf[base + j] - mean
         q += d * d
