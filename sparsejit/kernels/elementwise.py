@@ -100,14 +100,6 @@ def elementwise_kernel(expr: str, n_inputs: int, rank: int,
     return load_generated("ew", _source(expr, n_inputs, rank, tuple(broadcast))).kernel
 
 
-def as_rank2(arrays: list[np.ndarray], out: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """View rank-0/1 operands as rank 2 so every kernel has an outer parallel loop."""
-    if out.ndim >= 2:
-        return arrays, out
-    shape = (1, out.size) if out.ndim == 1 else (1, 1)
-    return [a.reshape(shape) for a in arrays], out.reshape(shape)
-
-
 def _unbroadcast(arr: np.ndarray, rank: int) -> np.ndarray:
     """`arr` with `rank` dimensions (leading 1s added) and every zero-stride dimension cut to size 1."""
     arr = arr.reshape((1,) * (rank - arr.ndim) + arr.shape)

@@ -37,13 +37,12 @@ from numba import njit
 
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty, tiles_per_block
-from sparsejit.kernels.quantize import convert_rows, dynamic_params, dynamic_quantize_rows, quantize_rows
+from sparsejit.kernels.quantize import convert_rows, dynamic_quantize_rows, quantize_rows
 from sparsejit.kernels.threading import configure_threading, run_dynamic_tasks
 from sparsejit.kernels.tiles import activate_add_store, group4_dot_tile, panel_driver, split_last_panel
 
-__all__ = ["PackedInt8", "pack_b_int8", "qgemm", "quantize_rows", "dynamic_params", "dynamic_quantize_rows",
-           "convert_rows", "DEFAULT_TILE_INT8", "epilogue_vectors", "epilogue_vectors_into",
-           "bind_epilogue_vectors", "pad_columns", "bind_qgemm"]
+__all__ = ["PackedInt8", "pack_b_int8", "qgemm", "quantize_rows", "dynamic_quantize_rows", "convert_rows",
+           "DEFAULT_TILE_INT8", "epilogue_vectors", "bind_epilogue_vectors", "pad_columns", "bind_qgemm"]
 
 configure_threading()
 
@@ -282,16 +281,11 @@ def _epilogue_into(colsum, zero, wscale, k, za, a_scale, comp, scale):  # pragma
         scale[i] = a_scale * wscale[i]
 
 
-def epilogue_vectors_into(packed: PackedInt8, a_zero: int, a_scale: float, comp: np.ndarray,
-                          scale: np.ndarray) -> None:
-    """`epilogue_vectors(packed, a_zero, a_scale)` written into preallocated `comp`/`scale` (one
-    compiled call: what a dynamically quantised product does at every run)."""
-    bind_epilogue_vectors(packed, comp, scale)(a_zero, a_scale)
-
-
 def bind_epilogue_vectors(packed: PackedInt8, comp: np.ndarray,
                           scale: np.ndarray) -> Callable[[int, float], None]:
-    """`epilogue_vectors_into` with its arrays fixed: returns `fill(a_zero, a_scale)`."""
+    """`epilogue_vectors(packed, a_zero, a_scale)` written into preallocated `comp` / `scale` by one
+    compiled call (what a dynamically quantised product does at every run): returns
+    `fill(a_zero, a_scale)`."""
     colsum, zero, wscale, k = packed.colsum, packed.zero, packed.scale, np.int64(packed.k)
 
     def fill(a_zero: int, a_scale: float) -> None:

@@ -31,7 +31,7 @@ from sparsejit.kernels.simd_int8 import (
 )
 from sparsejit.kernels.threading import configure_threading
 
-__all__ = ["quantize_rows", "dynamic_params", "dynamic_quantize_rows", "convert_rows"]
+__all__ = ["quantize_rows", "dynamic_quantize_rows", "convert_rows"]
 
 configure_threading()
 
@@ -178,26 +178,6 @@ def dynamic_quantize_rows(x: np.ndarray, out: np.ndarray,
         n_chunks = max(1, min(4 * get_num_threads(), flat.size // 4096))
         scale, zp = _dynamic_parallel(flat, out.reshape(-1), rs, m, k, kp, n_chunks, rowsum is not None)
     return np.float32(scale), int(zp)
-
-
-def dynamic_params(x: np.ndarray) -> tuple[np.float32, int]:
-    """(scale, zero_point) of ONNX DynamicQuantizeLinear (uint8) for float32 `x`, computed in float32."""
-    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    if flat.size == 0:
-        return np.float32(1.0), 0
-    mn, mx = _minmax_all(flat)
-    scale, zp = _range_params_py(mn, mx)
-    return np.float32(scale), int(zp)
-
-
-@njit(cache=True)
-def _minmax_all(x):  # type: ignore[no-untyped-def]
-    return _minmax(x, 0, x.size)
-
-
-@njit(cache=True)
-def _range_params_py(lo, hi):  # type: ignore[no-untyped-def]
-    return _range_params(lo, hi)
 
 
 @njit(parallel=True, cache=True)

@@ -108,7 +108,8 @@ def _out_qdtype(node: Node, ctx: LowerContext) -> np.dtype:
 
 
 def _quantize_expression(node: Node, x: list[str], dtypes: list[np.dtype], out: np.dtype) -> str:
-    """Per-tensor QuantizeLinear inside a fused elementwise chain (scale, zero point inlined)."""
+    """QuantizeLinear of operand texts [x, scale, zero point | ""]: the standalone lowering below and,
+    per tensor, inside a fused elementwise chain."""
     zero = f"np.float32({x[2]})" if len(x) > 2 and x[2] else "np.float32(0.0)"
     return _quant_expr(f"np.float32({x[0]})", f"np.float32({x[1]})", zero, out)
 
@@ -118,8 +119,8 @@ def _dequantize_expression(node: Node, x: list[str], dtypes: list[np.dtype], out
     return f"((np.float32({x[0]}) - {zero}) * np.float32({x[1]}))"
 
 
-# what `graph.fusion` lets join elementwise chains (its `_is_elementwise`): the same arithmetic as the
-# standalone lowerings below, so a fused Q -> DQ pair gives the same bits
+# what `graph.fusion` lets join elementwise chains (its `_is_elementwise`): one expression for the fused
+# and the standalone forms, so a fused Q -> DQ pair gives the same bits
 ELEMENTWISE["QuantizeLinear"] = _quantize_expression
 ELEMENTWISE["DequantizeLinear"] = _dequantize_expression
 
@@ -132,10 +133,8 @@ def _dequantize_linear(node: Node, ctx: LowerContext) -> Step:
         raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "blocked quantisation")
     axis = int(node.attrs.get("axis", 1))
     ops = _Operands(out)
-    xs = ops.add(x, as_float=True)
-    z = ops.add(_param(ctx, node, 2, x.ndim, axis), as_float=True)
-    s = ops.add(_param(ctx, node, 1, x.ndim, axis))
-    return ops.step(f"(({xs} - {z}) * {s})")
+    operands = [ops.add(x), ops.add(_param(ctx, node, 1, x.ndim, axis)), ops.add(_param(ctx, node, 2, x.ndim, axis))]
+    return ops.step(_dequantize_expression(node, operands, [], out.dtype))
 
 
 @lowers("QuantizeLinear")
@@ -147,10 +146,8 @@ def _quantize_linear(node: Node, ctx: LowerContext) -> Step:
     dtype = _out_qdtype(node, ctx)
     axis = int(node.attrs.get("axis", 1))
     ops = _Operands(out)
-    xs = ops.add(x, as_float=True)
-    s = ops.add(_param(ctx, node, 1, x.ndim, axis), as_float=True)
-    z = ops.add(_param(ctx, node, 2, x.ndim, axis), as_float=True)
-    return ops.step(_quant_expr(xs, s, z, dtype))
+    operands = [ops.add(x), ops.add(_param(ctx, node, 1, x.ndim, axis)), ops.add(_param(ctx, node, 2, x.ndim, axis))]
+    return ops.step(_quantize_expression(node, operands, [], dtype))
 
 
 @lowers("DynamicQuantizeLinear")
