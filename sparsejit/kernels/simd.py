@@ -15,7 +15,8 @@ fp32 (`Vec16f`):
     (one element broadcast to all lanes), vload_mask(a, off, n), vstore(a, off, v), vstore_a,
     vstore_mask(a, off, v, n) (first `n` lanes only, 0 <= n <= 16), vadd, vsub, vmul, vdiv, vmax,
     vmin, vfma(a, b, c) = a * b + c, vhsum(v), vextract(v, i), vblend_lt(x, y, a, b) = x < y ? a : b,
-    vabs, vprefetch(a, off) (cache line into L2),
+    vabs, vprefetch(a, off) (cache line into L2), vstore_nt(a, off, v) (non-temporal, aligned) and
+    vsfence() (orders this thread's non-temporal stores before its later stores),
     vtranspose16(src, soff, sstride, nrows, dst, doff, dstride) (a 16 x 16 block, in registers).
     verf(v), vtanh(v): rational approximations (max abs error ~1e-7 in float32), no exp needed.
 int32 (`Vec16i`):
@@ -33,9 +34,9 @@ from numba.extending import intrinsic, models, register_model
 __all__ = [
     "Vec16f", "Vec16i", "vec16f", "vec16i",
     "vzero", "vbroadcast", "vload", "vload_a", "vload_bcast", "vload_mask",
-    "vstore", "vstore_a", "vstore_mask",
+    "vstore", "vstore_a", "vstore_nt", "vstore_mask",
     "vadd", "vsub", "vmul", "vdiv", "vmax", "vmin", "vfma", "vabs", "vhsum", "vextract", "vblend_lt",
-    "vprefetch", "vtranspose16",
+    "vprefetch", "vsfence", "vtranspose16",
     "verf", "vtanh", "vexp", "vfloor", "vpow2i",
     "vizero", "vibroadcast", "viload", "vistore", "viadd", "vdpbusd", "vdpbf16ps", "vcvt_i2f",
 ]
@@ -199,6 +200,21 @@ vstore_a = _make_store(64, "Store 16 floats to `a` at element offset `off` (64-b
 
 
 @intrinsic
+def vstore_nt(typingctx, arr, off, v):
+    """Non-temporal store of 16 floats at a 64-byte aligned element offset (`vmovntps`): the line goes
+    to memory without being read into the cache first (for outputs far larger than the caches)."""
+    if not _is_array_of(arr, types.float32) or not isinstance(v, Vec16f):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        inst = builder.store(args[2], builder.bitcast(ptr, _VF.as_pointer()), align=64)
+        inst.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(_I32, 1)]))
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, v), codegen
+
+
+@intrinsic
 def vstore_mask(typingctx, arr, off, v, n):
     """Store the first `n` lanes of `v` to `a` at offset `off`; memory past them is not touched."""
     if not _is_array_of(arr, types.float32) or not isinstance(v, Vec16f):
@@ -295,6 +311,15 @@ def vhsum(typingctx, v):
             width = half
         return builder.extract_element(x, ir.Constant(_I32, 0))
     return types.float32(v), codegen
+
+
+@intrinsic
+def vsfence(typingctx):
+    """`sfence`: this thread's earlier non-temporal stores are visible before any later store."""
+    def codegen(context, builder, sig, args):
+        _call_intrinsic(builder, "llvm.x86.sse.sfence", ir.VoidType(), [])
+        return context.get_dummy_value()
+    return types.none(), codegen
 
 
 @intrinsic

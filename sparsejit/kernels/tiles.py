@@ -50,22 +50,25 @@ def split_last_panel(body: Callable[[str, int], None], emit: Callable[[str], Non
         body("        ", last_w)
 
 
-def activate_add_store(act: str | None, v: int, lanes: int, indent: str) -> list[str]:
-    """The float epilogue's tail on `f` (vector v of a row at `row`): activation, residual, store."""
+def activate_add_store(act: str | None, v: int, lanes: int, indent: str, store: str = "vstore") -> list[str]:
+    """The float epilogue's tail on `f` (vector v of a row at `row`): activation, residual, store
+    (`store` names the full-vector store: `vstore`, or `vstore_nt` for 64-byte aligned rows)."""
     lines = [f"{indent}f = _act(f)"] if act is not None else []
     lines += [f"{indent}if has_res:", f"{indent}    f = vadd(f, vload_mask(res, row + {16 * v}, {lanes}))"]
     if lanes == 16:
-        lines.append(f"{indent}vstore(out, row + {16 * v}, f)")
+        lines.append(f"{indent}{store}(out, row + {16 * v}, f)")
     else:
         lines.append(f"{indent}vstore_mask(out, row + {16 * v}, f, {lanes})")
     return lines
 
 
-def panel_driver(signature: str, header: str, tile_call: str, per_task: tuple[str, ...] = ()) -> list[str]:
+def panel_driver(signature: str, header: str, tile_call: str, per_task: tuple[str, ...] = (),
+                 after_task: tuple[str, ...] = ()) -> list[str]:
     """The parallel driver of a panel-major GEMM: one task per (column panel p, block of `tpb` row tiles).
 
     `header` is the kernel's `def` line; the driver needs `M`, `tpb`, `MR` and `NPAN` in scope.
-    `per_task` lines run once per task (they may use `p`), `tile_call` once per row tile (`i0`).
+    `per_task` lines run once per task (they may use `p`), `tile_call` once per row tile (`i0`),
+    `after_task` lines once at the end of each task.
     """
     lines = [f'@njit("{signature}", parallel=True, cache=True)', header,
              "    n_mt = (M + MR - 1) // MR",
@@ -77,6 +80,7 @@ def panel_driver(signature: str, header: str, tile_call: str, per_task: tuple[st
     lines += ["        for mt in range(mb * tpb, min(mb * tpb + tpb, n_mt)):",
               "            i0 = mt * MR"]
     lines += [f"            {line}" for line in tile_call.split("\n")]
+    lines += [f"        {line}" for line in after_task]
     return lines
 
 
