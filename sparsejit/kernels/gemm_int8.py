@@ -135,7 +135,7 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool, 
          f"out_q={out_q} nt={nt} deps={_DEPS}")
     emit("from numba import njit, prange")
     emit("from sparsejit.kernels.simd import (vadd, vbroadcast, vcvt_i2f, vdpbusd, vfma, vibroadcast, viload,"
-         " vizero, vload, vload_mask, vmax, vmin, vmul, vsfence, vstore, vstore_mask, vstore_nt, viadd)")
+         " vizero, vload, vload_mask, vmax, vmin, vmul, vprefetch, vsfence, vstore, vstore_mask, vstore_nt, viadd)")
     emit("from sparsejit.kernels.simd_int8 import (vload_bcast4, visub, vimul, vimax, vimin, vrint, vcvt_f2i,"
          " vstore_bytes_mask)")
     if act is not None:
@@ -145,8 +145,13 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool, 
     emit("@njit(cache=True, fastmath=True)")
     emit("def _tile(a, bp, out, comp, scale, bias, res, rowsum, zw, i0, nrows, p, M, has_res, has_zw,"
          " zy, qlo, qhi):")
-    L.extend(group4_dot_tile(mr, nv, nr, "KP", "KP // 4", "vizero()", "vdpbusd"))
     emit("    cb = p * NR")
+    if not out_q:  # the residual tile is read after the whole K loop: have it in L2 by then
+        emit("    if has_res:")
+        for r in range(mr):
+            for v in range(nv):
+                emit(f"        vprefetch(res, min(i0 + {r}, M - 1) * N + cb + {16 * v})")
+    L.extend(group4_dot_tile(mr, nv, nr, "KP", "KP // 4", "vizero()", "vdpbusd"))
     for v in range(nv):
         emit(f"    k{v} = viload(comp, cb + {16 * v})")
         emit(f"    s{v} = vload(scale, cb + {16 * v})")
