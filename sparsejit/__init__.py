@@ -19,7 +19,12 @@ __version__ = "0.1.0"
 def _route_numba_cache() -> None:
     # Numba caches our hand-written kernels beside their source (site-packages may be read-only) unless
     # told otherwise; send them where the generated kernels go, so SPARSEJIT_CACHE_DIR covers all.
+    # Numba checks only the cached function's own file, not the intrinsics and helpers it inlined from
+    # other files (simd.py, ...): the directory is keyed by a hash of every kernel source, so editing
+    # any of them can never leave a stale compiled kernel in use.
+    import hashlib
     import os
+    from pathlib import Path
 
     if os.environ.get("NUMBA_CACHE_DIR"):
         return
@@ -27,7 +32,9 @@ def _route_numba_cache() -> None:
 
     from sparsejit.kernels.codegen import cache_root
 
-    numba.config.CACHE_DIR = str(cache_root() / "numba")
+    sources = sorted((Path(__file__).parent / "kernels").glob("*.py"))
+    digest = hashlib.sha1(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:12]
+    numba.config.CACHE_DIR = str(cache_root() / "numba" / digest)
 
 
 _route_numba_cache()
