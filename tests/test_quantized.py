@@ -322,6 +322,39 @@ def _ort_dynamic_quantize(x: np.ndarray) -> tuple[np.ndarray, np.float32, np.uin
     return y, ys, yz
 
 
+def _ort_quantize_linear(x: np.ndarray, scale: np.float32, zero: int) -> np.ndarray:
+    node = oh.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
+    graph = oh.make_graph([node], "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                          [oh.make_tensor_value_info("y", TensorProto.UINT8, None)],
+                          initializer=[oh.make_tensor("s", TensorProto.FLOAT, [], [scale]),
+                                       oh.make_tensor("z", TensorProto.UINT8, [], [zero])])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 9
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("m,k,zero", [(5, 200, 100), (3, 64, 0), (400, 700, 255)])
+def test_quantize_rows_matches_onnxruntime_quantize_linear(m: int, k: int, zero: int) -> None:
+    """The static quantiser against onnxruntime's QuantizeLinear: ties to even, saturation both ways,
+    +-inf and NaN, in the packed 64-lane body and the per-vector tail (k % 64), serial and parallel."""
+    from sparsejit.kernels import quantize as q
+
+    rng = np.random.default_rng(k)
+    scale = np.float32(0.037)
+    x = (rng.standard_normal((m, k)) * 6).astype(np.float32)
+    x[0, :10] = ((np.arange(10) - 5 + 0.5) * scale).astype(np.float32)  # at or next to .5 ties
+    x[-1, -1], x[-1, 0], x[0, -1], x[1 % m, 1], x[2 % m, k // 2] = np.inf, -np.inf, np.nan, 1e30, -1e30
+    aq = np.full((m, k + 3), 9, np.uint8)
+    rowsum = np.empty(m, np.int32)
+    q.quantize_rows(x, aq, scale, zero, rowsum)
+    y = _ort_quantize_linear(x, scale, zero)
+    assert {0, 255} <= set(np.unique(y))  # both saturations happen
+    np.testing.assert_array_equal(aq[:, :k], y)
+    assert not aq[:, k:].any()
+    np.testing.assert_array_equal(rowsum, y.astype(np.int64).sum(1))
+    assert (m * k >= q._PARALLEL_MIN) == (m == 400)
+
+
 @pytest.mark.parametrize("m,k,kp", [(7, 70, 72), (128, 768, 768), (300, 1000, 1000)])
 def test_dynamic_quantize_rows_matches_onnxruntime(m: int, k: int, kp: int) -> None:
     """One call does min/max, parameters and quantiser (on the calling thread below `_PARALLEL_MIN`

@@ -9,11 +9,18 @@ addressing, offsets in elements of the array's own dtype, no bounds checks):
     vihsum(v)                   horizontal int32 sum
     vrint(v)                    round to nearest, ties to even (float32)
     vcvt_f2i(v)                 float32 -> int32 (truncating; use after `vrint`)
+    vcvt_rint(v)                float32 -> int32 rounded to nearest, ties to even (one `vcvtps2dq`)
     vhmax(v), vhmin(v)          horizontal float32 max / min
     vstore_bytes_mask(a, off, v, n)   truncate 16 x i32 to bytes and store the first `n` to a
                                 uint8/int8 array
     vload_bytes_i(a, off, n)    first `n` bytes of a uint8 (zero-extended) or int8 (sign-extended)
                                 array as 16 x i32 (other lanes 0)
+    vpack_u8x4(a, b, c, d)      four int32 vectors (lanes <= 32767) saturated to [0, 255] and packed,
+                                in order, into the 64 bytes of one vector (`vpackusdw`, `vpackuswb`,
+                                `vpermd`: the register path; `vpmovusdb` to memory is slow on Zen 4)
+    vstore_bytes64(a, off, v)   store the 64 bytes of `v` to a uint8/int8 array at byte `off`
+    vsum_bytes(acc, v)          acc + the sums of each 8-byte group of `v` (`vpsadbw`; acc holds 8
+                                int64 lanes); vsum_bytes_total(acc) their total
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ from sparsejit.kernels.simd import (
     vec16i,
 )
 
-__all__ = ["vload_bcast4", "visub", "vimul", "vimax", "vimin", "vihsum", "vrint", "vcvt_f2i", "vhmax",
-           "vhmin", "vstore_bytes_mask", "vload_bytes_i"]
+__all__ = ["vload_bcast4", "visub", "vimul", "vimax", "vimin", "vihsum", "vrint", "vcvt_f2i", "vcvt_rint", "vhmax",
+           "vhmin", "vstore_bytes_mask", "vload_bytes_i", "vpack_u8x4", "vstore_bytes64", "vsum_bytes",
+           "vsum_bytes_total"]
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -156,6 +164,20 @@ def vcvt_f2i(typingctx, v):
 
 
 @intrinsic
+def vcvt_rint(typingctx, v):
+    """float32 -> int32 rounded as `vrint` rounds (the current mode: nearest, ties to even), in one
+    instruction; lanes out of the int32 range (and NaN) give INT32_MIN."""
+    if not isinstance(v, Vec16f):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _call_intrinsic(builder, "llvm.x86.avx512.mask.cvtps2dq.512", _VI,
+                               [args[0], ir.Constant(_VI, None), ir.Constant(ir.IntType(16), 0xFFFF),
+                                ir.Constant(_I32, 4)])  # 4 = _MM_FROUND_CUR_DIRECTION
+    return vec16i(v), codegen
+
+
+@intrinsic
 def vstore_bytes_mask(typingctx, arr, off, v, n):
     """Truncate the lanes of `v` to 8 bits and store the first `n` of them at byte offset `off`."""
     if not (_is_bytes(arr) and isinstance(v, Vec16i)):
@@ -185,3 +207,69 @@ def vload_bytes_i(typingctx, arr, off, n):
         data = _call_intrinsic(builder, "llvm.masked.load.v16i8.p0", _VB8, [ptr, ir.Constant(_I32, 1), mask, zero])
         return builder.sext(data, _VI) if signed else builder.zext(data, _VI)
     return vec16i(arr, types.intp, types.intp), codegen
+
+
+_I16 = ir.IntType(16)
+_I64 = ir.IntType(64)
+_VW = ir.VectorType(_I16, 32)
+_VB64 = ir.VectorType(_I8, 64)
+_VQ = ir.VectorType(_I64, 8)
+# after vpackusdw + vpackuswb, 128-bit lane L holds dwords (a[4L:4L+4], b[..], c[..], d[..]) as bytes
+_UNINTERLEAVE = [(j % 4) * 4 + j // 4 for j in range(LANES)]
+
+
+@intrinsic
+def vpack_u8x4(typingctx, a, b, c, d):
+    """Pack four int32 vectors (lanes at most 32767) into 64 bytes a0..a15 b0..b15 c0..c15 d0..d15,
+    each saturated to [0, 255]; the bytes are returned as the 16 int32 lanes of one vector."""
+    if not all(isinstance(t, Vec16i) for t in (a, b, c, d)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ab = _call_intrinsic(builder, "llvm.x86.avx512.packusdw.512", _VW, [args[0], args[1]])
+        cd = _call_intrinsic(builder, "llvm.x86.avx512.packusdw.512", _VW, [args[2], args[3]])
+        packed = builder.bitcast(_call_intrinsic(builder, "llvm.x86.avx512.packuswb.512", _VB64, [ab, cd]), _VI)
+        return builder.shuffle_vector(packed, packed, ir.Constant(_VI, _UNINTERLEAVE))
+    return vec16i(a, b, c, d), codegen
+
+
+@intrinsic
+def vstore_bytes64(typingctx, arr, off, v):
+    """Store the 64 bytes of `v` at byte offset `off` of a uint8/int8 array (unaligned)."""
+    if not (_is_bytes(arr) and isinstance(v, Vec16i)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(ptr, _VI.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, v), codegen
+
+
+@intrinsic
+def vsum_bytes(typingctx, acc, v):
+    """acc + sums of the unsigned bytes of `v` in 8-byte groups (`vpsadbw` against zero); `acc` is
+    8 int64 lanes carried in a Vec16i (start from `vizero()`)."""
+    if not (isinstance(acc, Vec16i) and isinstance(v, Vec16i)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(_VB64, [0] * 64)
+        sad = _call_intrinsic(builder, "llvm.x86.avx512.psad.bw.512", _VQ, [builder.bitcast(args[1], _VB64), zero])
+        return builder.bitcast(builder.add(builder.bitcast(args[0], _VQ), sad), _VI)
+    return vec16i(acc, v), codegen
+
+
+@intrinsic
+def vsum_bytes_total(typingctx, acc):
+    """The total of the 8 int64 lanes of a `vsum_bytes` accumulator."""
+    if not isinstance(acc, Vec16i):
+        return None
+
+    def codegen(context, builder, sig, args):
+        q = builder.bitcast(args[0], _VQ)
+        total = builder.extract_element(q, ir.Constant(_I32, 0))
+        for i in range(1, 8):
+            total = builder.add(total, builder.extract_element(q, ir.Constant(_I32, i)))
+        return total
+    return types.int64(acc), codegen
