@@ -37,7 +37,7 @@ __all__ = [
     "vstore", "vstore_a", "vstore_nt", "vstore_mask",
     "vadd", "vsub", "vmul", "vdiv", "vmax", "vmin", "vfma", "vabs", "vhsum", "vextract", "vblend_lt",
     "vprefetch", "vsfence", "vtranspose16",
-    "verf", "vtanh", "vexp", "vfloor", "vpow2i",
+    "verf", "vtanh", "vexp", "vfloor", "vscalef",
     "vizero", "vibroadcast", "viload", "vistore", "viadd", "vdpbusd", "vdpbf16ps", "vcvt_i2f",
 ]
 
@@ -526,17 +526,16 @@ def vfloor(typingctx, v):
 
 
 @intrinsic
-def vpow2i(typingctx, v):
-    """2**n for lanes holding integral values n in [-126, 127] (built in the exponent bits)."""
-    if not isinstance(v, Vec16f):
+def vscalef(typingctx, v, n):
+    """v * 2**floor(n) lane-wise (`vscalefps`: exact, with IEEE overflow to inf and gradual underflow)."""
+    if not (isinstance(v, Vec16f) and isinstance(n, Vec16f)):
         return None
 
     def codegen(context, builder, sig, args):
-        n = builder.fptosi(args[0], _VI)
-        biased = builder.add(n, _splat(builder, ir.Constant(_I32, 127), _VI))
-        bits = builder.shl(biased, _splat(builder, ir.Constant(_I32, 23), _VI))
-        return builder.bitcast(bits, _VF)
-    return vec16f(v), codegen
+        return _call_intrinsic(builder, "llvm.x86.avx512.mask.scalef.ps.512", _VF,
+                               [args[0], args[1], ir.Constant(_VF, None), ir.Constant(ir.IntType(16), 0xFFFF),
+                                ir.Constant(_I32, 4)])
+    return vec16f(v, n), codegen
 
 
 # ----------------------------------------------------------------------------------------------
@@ -588,17 +587,17 @@ def vtanh(x: Vec16f) -> Vec16f:
 
 @njit(inline="always", cache=True)
 def vexp(x: Vec16f) -> Vec16f:
-    """exp(x): Cephes expf range reduction and polynomial (relative error ~2e-7); 0 below -87.3."""
-    xc = vmin(vmax(x, vbroadcast(-87.3)), vbroadcast(88.3))
-    fx = vfloor(vfma(xc, vbroadcast(1.44269504088896341), vbroadcast(0.5)))
-    r = vsub(xc, vmul(fx, vbroadcast(0.693359375)))
-    r = vsub(r, vmul(fx, vbroadcast(-2.12194440e-4)))
-    p = vbroadcast(1.9875691500e-4)
-    p = vfma(p, r, vbroadcast(1.3981999507e-3))
+    """exp(x), relative error ~2e-7: x = n ln2 + r (Cody-Waite, |r| <= ln2/2), Cephes' polynomial for
+    e^r in Horner form, times 2^n by `vscalefps` (gradual underflow to 0 below about -103, inf above
+    88.7; NaN is not propagated: softmax callers handle NaN rows themselves)."""
+    xc = vmin(vmax(x, vbroadcast(-110.0)), vbroadcast(89.0))
+    n = vfloor(vfma(xc, vbroadcast(1.44269504088896341), vbroadcast(0.5)))
+    r = vfma(n, vbroadcast(-0.693359375), xc)
+    r = vfma(n, vbroadcast(2.12194440e-4), r)
+    p = vfma(vbroadcast(1.9875691500e-4), r, vbroadcast(1.3981999507e-3))
     p = vfma(p, r, vbroadcast(8.3334519073e-3))
     p = vfma(p, r, vbroadcast(4.1665795894e-2))
     p = vfma(p, r, vbroadcast(1.6666665459e-1))
     p = vfma(p, r, vbroadcast(5.0000001201e-1))
-    y = vadd(vfma(vmul(p, r), r, r), vbroadcast(1.0))
-    y = vmul(y, vpow2i(fx))
-    return vblend_lt(x, vbroadcast(-87.3), vzero(), y)
+    p = vfma(p, r, vbroadcast(1.0))
+    return vscalef(vfma(p, r, vbroadcast(1.0)), n)
