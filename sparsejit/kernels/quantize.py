@@ -17,7 +17,19 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from sparsejit.kernels.simd import vbroadcast, vdiv, viadd, vibroadcast, vizero, vload, vload_mask, vmax, vmin, vzero
+from sparsejit.kernels.simd import (
+    vbroadcast,
+    vdiv,
+    viadd,
+    vibroadcast,
+    vistore,
+    vizero,
+    vload,
+    vload_mask,
+    vmax,
+    vmin,
+    vzero,
+)
 from sparsejit.kernels.simd_int8 import (
     vcvt_rint,
     vhmax,
@@ -27,7 +39,6 @@ from sparsejit.kernels.simd_int8 import (
     vimin,
     vload_bytes_i,
     vpack_u8x4,
-    vstore_bytes64,
     vstore_bytes_mask,
     vsum_bytes,
     vsum_bytes_total,
@@ -102,7 +113,7 @@ def _quantize_row(x, xo, out, oo, K, KP, scale, zp):  # type: ignore[no-untyped-
                             _quantized_lanes(vload(x, xo + j + 16), s, z, flo, fhi),
                             _quantized_lanes(vload(x, xo + j + 32), s, z, flo, fhi),
                             _quantized_lanes(vload(x, xo + j + 48), s, z, flo, fhi))
-        vstore_bytes64(out, oo + j, packed)
+        vistore(out, oo + j, packed)
         sums = vsum_bytes(sums, packed)
         j += 64
     acc = vizero()

@@ -440,13 +440,15 @@ def viload(typingctx, arr, off):
 
 @intrinsic
 def vistore(typingctx, arr, off, v):
-    """Store 16 x i32 to an int32 array at element offset `off`."""
-    if not (_is_array_of(arr, types.int32) and isinstance(v, Vec16i)):
+    """Store 16 x i32 (64 bytes) to an int32 array at element offset `off`, or to a uint8/int8 array
+    at byte offset `off` (unaligned)."""
+    byte_array = isinstance(arr, types.Array) and arr.dtype in (types.uint8, types.int8)
+    if not ((_is_array_of(arr, types.int32) or byte_array) and isinstance(v, Vec16i)):
         return None
 
     def codegen(context, builder, sig, args):
         ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
-        builder.store(args[2], builder.bitcast(ptr, _VI.as_pointer()), align=4)
+        builder.store(args[2], builder.bitcast(ptr, _VI.as_pointer()), align=1 if byte_array else 4)
         return context.get_dummy_value()
     return types.none(arr, types.intp, v), codegen
 

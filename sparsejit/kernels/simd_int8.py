@@ -17,8 +17,8 @@ addressing, offsets in elements of the array's own dtype, no bounds checks):
                                 array as 16 x i32 (other lanes 0)
     vpack_u8x4(a, b, c, d)      four int32 vectors (lanes <= 32767) saturated to [0, 255] and packed,
                                 in order, into the 64 bytes of one vector (`vpackusdw`, `vpackuswb`,
-                                `vpermd`: the register path; `vpmovusdb` to memory is slow on Zen 4)
-    vstore_bytes64(a, off, v)   store the 64 bytes of `v` to a uint8/int8 array at byte `off`
+                                `vpermd`: the register path; `vpmovusdb` to memory is slow on Zen 4),
+                                stored with `simd.vistore` on the byte array
     vsum_bytes(acc, v)          acc + the sums of each 8-byte group of `v` (`vpsadbw`; acc holds 8
                                 int64 lanes); vsum_bytes_total(acc) their total
 """
@@ -44,7 +44,7 @@ from sparsejit.kernels.simd import (
 )
 
 __all__ = ["vload_bcast4", "visub", "vimul", "vimax", "vimin", "vihsum", "vrint", "vcvt_f2i", "vcvt_rint", "vhmax",
-           "vhmin", "vstore_bytes_mask", "vload_bytes_i", "vpack_u8x4", "vstore_bytes64", "vsum_bytes",
+           "vhmin", "vstore_bytes_mask", "vload_bytes_i", "vpack_u8x4", "vsum_bytes",
            "vsum_bytes_total"]
 
 _I8 = ir.IntType(8)
@@ -231,19 +231,6 @@ def vpack_u8x4(typingctx, a, b, c, d):
         packed = builder.bitcast(_call_intrinsic(builder, "llvm.x86.avx512.packuswb.512", _VB64, [ab, cd]), _VI)
         return builder.shuffle_vector(packed, packed, ir.Constant(_VI, _UNINTERLEAVE))
     return vec16i(a, b, c, d), codegen
-
-
-@intrinsic
-def vstore_bytes64(typingctx, arr, off, v):
-    """Store the 64 bytes of `v` at byte offset `off` of a uint8/int8 array (unaligned)."""
-    if not (_is_bytes(arr) and isinstance(v, Vec16i)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        ptr = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
-        builder.store(args[2], builder.bitcast(ptr, _VI.as_pointer()), align=1)
-        return context.get_dummy_value()
-    return types.none(arr, types.intp, v), codegen
 
 
 @intrinsic
