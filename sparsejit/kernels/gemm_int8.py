@@ -207,7 +207,6 @@ def _kernel(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool, nt: 
     return load_generated_once(tag, lambda: _gen_source(k, n, mr, nr, act, out_q, nt)).qgemm_kernel
 
 
-
 _EMPTY_F = np.zeros(16, dtype=np.float32)
 _NO_ROWSUM = np.zeros(1, dtype=np.int32)
 

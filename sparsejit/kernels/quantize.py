@@ -162,10 +162,7 @@ def _dynamic_parallel(x, out, rowsum, M, K, KP, n_chunks, want_rowsum):  # type:
     for c in prange(n_chunks):
         part_min[c], part_max[c] = _minmax(x, min(n, c * chunk), min(n, c * chunk + chunk))
     scale, zp = _range_params(part_min.min(), part_max.max())
-    for r in prange(M):
-        t = _quantize_row(x, r * K, out, r * KP, K, KP, scale, zp)
-        if want_rowsum:
-            rowsum[r] = t
+    _quantize_parallel(x, out, rowsum, M, K, KP, scale, zp, want_rowsum)
     return scale, zp
 
 

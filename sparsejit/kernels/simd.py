@@ -19,6 +19,7 @@ fp32 (`Vec16f`):
     vsfence() (orders this thread's non-temporal stores before its later stores),
     vtranspose16(src, soff, sstride, nrows, dst, doff, dstride) (a 16 x 16 block, in registers).
     verf(v), vtanh(v): rational approximations (max abs error ~1e-7 in float32), no exp needed.
+    vexp(v) (relative error ~1e-7, softmax's exponential), vscalef(v, n) = v * 2**floor(n), vfloor.
 int32 (`Vec16i`):
     vizero(), vibroadcast(x), viload(a, off), vistore(a, off, v), viadd, vdpbusd(acc, u8x4, s8x4)
     (AVX-512 VNNI), vcvt_i2f(v).
