@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from sparsejit.kernels.attention import attention_kernel, bias_strides
+from sparsejit.kernels.attention import attention_kernel, bias_strides, packed_qkv_operands, qkv_operands
 from sparsejit.kernels.simd import vtranspose16
 
 
@@ -64,7 +64,7 @@ def test_attention_matches_float64(batch: int, sq: int, sk: int, heads: int, d: 
         bias[..., 1, :] = -np.inf  # one query row sees no key at all
     out = np.full_like(q, 99.0)
     scale = np.float32(1.0 / np.sqrt(d))
-    attention_kernel(d)(q, k, v, bias, *bias_strides(bias), scale, nan_to_zero, heads, out)
+    attention_kernel(d)(*qkv_operands(q, k, v), bias, *bias_strides(bias), scale, nan_to_zero, heads, out)
     expected = _reference(q, k, v, bias, heads, float(scale), nan_to_zero)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-5)
     if bias.shape[2] == sq:
@@ -79,5 +79,26 @@ def test_attention_large_negative_scores_do_not_underflow() -> None:
     v = np.arange(5 * 16, dtype=np.float32).reshape(1, 5, 16)
     bias = np.zeros((1, 1, 1, 5), np.float32)
     out = np.empty_like(q)
-    attention_kernel(16)(q, k, v, bias, *bias_strides(bias), np.float32(1.0), True, 1, out)
+    attention_kernel(16)(*qkv_operands(q, k, v), bias, *bias_strides(bias), np.float32(1.0), True, 1, out)
     np.testing.assert_allclose(out[0, 0], v[0].mean(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch,seq,heads,d", [(2, 37, 3, 32), (1, 128, 12, 64)])
+def test_packed_qkv_reads_the_three_column_ranges(batch: int, seq: int, heads: int, d: int) -> None:
+    """One [b, s, 3w] projection (a merged Q/K/V product) read in place: the same output as the three
+    separate arrays, bit for bit, and the float64 reference; the rows' other columns are not read."""
+    rng = np.random.default_rng(seq + d)
+    w = heads * d
+    qkv = rng.standard_normal((batch, seq, 3 * w)).astype(np.float32)
+    q, k, v = (np.ascontiguousarray(qkv[..., i * w:(i + 1) * w]) for i in range(3))
+    bias = np.zeros((batch, 1, 1, seq), np.float32)
+    bias[0, ..., -3:] = -np.inf
+    scale = np.float32(1.0 / np.sqrt(d))
+    kernel = attention_kernel(d)
+    separate, packed = np.empty_like(q), np.full_like(q, 99.0)
+    kernel(*qkv_operands(q, k, v), bias, *bias_strides(bias), scale, True, heads, separate)
+    kernel(*packed_qkv_operands(qkv), bias, *bias_strides(bias), scale, True, heads, packed)
+    np.testing.assert_array_equal(packed, separate)
+    np.testing.assert_allclose(packed, _reference(q, k, v, bias, heads, float(scale), True), rtol=1e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="3\\*width"):
+        packed_qkv_operands(qkv[..., 1:])

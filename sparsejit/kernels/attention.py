@@ -1,5 +1,10 @@
 """Fused multi-head attention over projections in their own [batch, seq, heads*head_size] layout.
 
+Q, K and V are flat arrays read with their own row strides (`ldq`, `ldk`, `ldv` elements), so they may
+be separate [batch, seq, width] tensors (stride = width) or column ranges of one packed
+[batch, seq, 3*width] projection (stride 3*width, the K and V arrays starting `width` and `2*width`
+elements in); the output is [batch, sq, width].
+
 One task per (batch, head): Kᵀ of the head is packed once into zero-padded panels (16 x 16 blocks
 transposed in registers), then blocks of twelve query rows get their scores (explicit 16-lane FMAs,
 twelve rows sharing each Kᵀ load) with the scale, the additive bias row (masks, position biases) and
@@ -35,14 +40,11 @@ def _source(d: int, block_rows: int = _ROWS) -> str:
              "",
              "",
              "@njit(parallel=True, cache=True, nogil=True)",
-             "def attention(q, k, v, bias, sb, sh, si, scale, nan_to_zero, heads, out):",
-             "    batch, sq, width = q.shape",
-             "    sk = k.shape[1]",
+             "def attention(qf, kf, vf, ldq, ldk, ldv, batch, sq, sk, bias, sb, sh, si, scale, nan_to_zero,"
+             " heads, out):",
+             f"    width = heads * {d}",
              f"    d = {d}",
              "    skp = (sk + 31) // 32 * 32",
-             "    qf = q.reshape(-1)",
-             "    kf = k.reshape(-1)",
-             "    vf = v.reshape(-1)",
              "    of = out.reshape(-1)",
              "    bf = bias.reshape(-1)",
              "    lane = vload(LANE, 0)",
@@ -54,7 +56,7 @@ def _source(d: int, block_rows: int = _ROWS) -> str:
              "        kt = np.empty(d * skp, dtype=np.float32)",
              "        for j0 in range(0, skp, 16):  # K^T of the head, keys past sk zero",
              "            for e0 in range(0, d, 16):",
-             "                vtranspose16(kf, (bi * sk + j0) * width + off + e0, width, sk - j0, kt, e0 * skp + j0,",
+             "                vtranspose16(kf, (bi * sk + j0) * ldk + off + e0, ldk, sk - j0, kt, e0 * skp + j0,",
              "                             skp)",
              f"        sc = np.empty({block_rows} * skp, dtype=np.float32)",
              f"        inv = np.empty({block_rows}, dtype=np.float32)",
@@ -63,7 +65,7 @@ def _source(d: int, block_rows: int = _ROWS) -> str:
              f"            rows = min({block_rows}, sq - i0)",
              ]
     for r in range(block_rows):
-        lines.append(f"            qo{r} = (bi * sq + min(i0 + {r}, sq - 1)) * width + off")
+        lines.append(f"            qo{r} = (bi * sq + min(i0 + {r}, sq - 1)) * ldq + off")
         lines.append(f"            bb{r} = bi * sb + hi * sh + min(i0 + {r}, sq - 1) * si")
     lines.append("            for jb in range(0, skp, 32):")
     lines.append("                n0 = min(max(sk - jb, 0), 16)")
@@ -114,7 +116,7 @@ def _source(d: int, block_rows: int = _ROWS) -> str:
         for c in range(nv):
             lines.append(f"                o{r}_{c} = vzero()")
     lines.append("                for j in range(sk):")
-    lines.append("                    vrow = (bi * sk + j) * width + off")
+    lines.append("                    vrow = (bi * sk + j) * ldv + off")
     for c in range(nv):
         lines.append(f"                    w{c} = vload(vf, vrow + {16 * c})")
     for r in range(pv_rows):
@@ -135,6 +137,31 @@ def attention_kernel(head_size: int, block_rows: int = _ROWS):
     if head_size % 16:
         raise ValueError("generated attention needs a head size that is a multiple of 16")
     return load_generated(f"attention_d{head_size}_r{block_rows}", _source(head_size, block_rows)).attention
+
+
+Operands = tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int, int, int, int]
+
+
+def qkv_operands(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> Operands:
+    """The kernel's (qf, kf, vf, ldq, ldk, ldv, batch, sq, sk) for separate C-contiguous
+    [batch, sq|sk, width] projections (flat views: the kernel reads their current contents)."""
+    batch, sq, width = q.shape
+    if k.shape != v.shape or k.shape[0] != batch or k.shape[2] != width:
+        raise ValueError(f"q {q.shape}, k {k.shape} and v {v.shape} do not fit one attention")
+    if not all(t.flags.c_contiguous and t.dtype == np.float32 for t in (q, k, v)):
+        raise ValueError("q, k and v must be C-contiguous float32 arrays (views of them are read in place)")
+    return q.reshape(-1), k.reshape(-1), v.reshape(-1), width, width, width, batch, sq, k.shape[1]
+
+
+def packed_qkv_operands(qkv: np.ndarray) -> Operands:
+    """The kernel's operands for one C-contiguous [batch, seq, 3*width] projection holding Q, K and V
+    side by side (views into it: nothing is copied)."""
+    batch, seq, width3 = qkv.shape
+    if width3 % 3 or not qkv.flags.c_contiguous or qkv.dtype != np.float32:
+        raise ValueError(f"expected a C-contiguous float32 [batch, seq, 3*width] array, got {qkv.dtype} {qkv.shape}")
+    w = width3 // 3
+    flat = qkv.reshape(-1)
+    return flat, flat[w:], flat[2 * w:], width3, width3, width3, batch, seq, seq
 
 
 def bias_strides(bias: np.ndarray) -> tuple[int, int, int]:

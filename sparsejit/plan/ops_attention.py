@@ -1,20 +1,24 @@
-"""Lowering of the fused `sparsejit::Attention` node (see `sparsejit.graph.attention`)."""
+"""Lowering of the fused `sparsejit::Attention` node (see `sparsejit.graph.attention`): inputs
+[q, k, v, terms...], or [qkv, "", "", terms...] with `packed_qkv` when one product made all three."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from sparsejit.graph.ir import Node
-from sparsejit.kernels.attention import attention_kernel, bias_strides
+from sparsejit.kernels.attention import attention_kernel, bias_strides, packed_qkv_operands, qkv_operands
 from sparsejit.plan.lowering import LowerContext, Step, lowers
 
 
 @lowers("Attention", domain="sparsejit")
 def _attention(node: Node, ctx: LowerContext) -> Step:
-    q, k, v = (ctx.operand(name) for name in node.inputs[:3])
+    if node.attrs.get("packed_qkv"):
+        operands = packed_qkv_operands(ctx.operand(node.inputs[0]))
+    else:
+        operands = qkv_operands(*(ctx.operand(name) for name in node.inputs[:3]))
     out = ctx.array(node.outputs[0])
     heads, d = int(node.attrs["num_heads"]), int(node.attrs["head_size"])
-    batch, sq, sk = q.shape[0], q.shape[1], k.shape[1]
+    batch, sq, sk = operands[6:]
     terms = [ctx.operand(name) for name in node.inputs[3:]]
     signs = [np.float32(s) for s in node.attrs["term_signs"]]
     # The additive bias (sum of mask/position terms) keeps the terms' own broadcast shape, full on sk.
@@ -32,6 +36,6 @@ def _attention(node: Node, ctx: LowerContext) -> Step:
             np.multiply(terms[0], signs[0], out=bias, casting="unsafe")
             for term, sign in zip(terms[1:], signs[1:], strict=True):
                 bias[...] += sign * term
-        kernel(q, k, v, bias, sb, sh, si, scale, nan_to_zero, heads, out)
+        kernel(*operands, bias, sb, sh, si, scale, nan_to_zero, heads, out)
 
     return run
