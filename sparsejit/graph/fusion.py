@@ -259,7 +259,9 @@ def _rebuild(graph: Graph, replaced: dict[int, Node | None]) -> Graph:
 def optimise(graph: Graph) -> Graph:
     """All fusion passes, in order."""
     from sparsejit.graph.attention import fuse_attention
+    from sparsejit.graph.cse import merge_duplicate_nodes
     from sparsejit.graph.qkv_merge import merge_qkv_products
     from sparsejit.graph.quant_fusion import fuse_quantized
 
-    return fuse_elementwise_chains(merge_qkv_products(fuse_attention(fuse_matmul_epilogues(fuse_quantized(graph)))))
+    graph = merge_qkv_products(fuse_attention(fuse_matmul_epilogues(fuse_quantized(graph))))
+    return merge_duplicate_nodes(fuse_elementwise_chains(graph))
