@@ -58,3 +58,10 @@ def test_random_ops_are_never_merged() -> None:
     info = {n: Value(n, f32, (3,)) for n in ("r1", "r2", "y")}
     graph = Graph([], [info["y"]], nodes, {}, {"": 17}, info)
     assert len(merge_duplicate_nodes(graph).nodes) == 3
+
+
+def test_graph_with_opaque_attributes_is_left_alone() -> None:
+    """Names used inside a fused subgraph attribute would not follow a renaming: no merging at all."""
+    graph = _graph()
+    graph.nodes[1].attrs["nodes"] = [Node("Identity", ["mask_a"], ["t"])]
+    assert len(merge_duplicate_nodes(graph).nodes) == 4

@@ -4,8 +4,10 @@ Two nodes are the same computation when they have the same op (and domain), the 
 the same inputs, where a small constant input counts by its value rather than its name: exporters
 give every layer its own copy of `0` or `-inf` (BERT's per-layer attention-mask `Where`, twelve
 identical nodes over the same mask). Consumers of the dropped node read the kept node's outputs.
-Nodes whose attributes hold anything but plain values (e.g. fused subgraphs) and random ops are
-left alone, as are nodes producing a graph output.
+Random ops and nodes producing a graph output are left alone. A graph with a node whose attributes
+hold anything but plain values (a subgraph, a fused elementwise chain) is left as it is: names used
+inside those attributes would not follow the renaming. So the pass runs before the elementwise
+chains are fused.
 """
 
 from __future__ import annotations
@@ -43,18 +45,25 @@ def _input_key(graph: Graph, name: str) -> Hashable:
     return name
 
 
+def _attrs_key(node: Node) -> Hashable | None:
+    try:
+        return tuple(sorted((k, _freeze(v)) for k, v in node.attrs.items()))
+    except _Unhashable:
+        return None
+
+
 def _key(graph: Graph, node: Node) -> Hashable | None:
     if node.op_type in _NONDETERMINISTIC and not node.domain:
         return None
-    try:
-        attrs = tuple(sorted((k, _freeze(v)) for k, v in node.attrs.items()))
-    except _Unhashable:
-        return None
-    return (node.domain, node.op_type, tuple(_input_key(graph, n) for n in node.inputs), attrs, len(node.outputs))
+    attrs = _attrs_key(node)
+    inputs = tuple(_input_key(graph, n) for n in node.inputs)
+    return (node.domain, node.op_type, inputs, attrs, len(node.outputs))
 
 
 def merge_duplicate_nodes(graph: Graph) -> Graph:
     """Drop nodes that repeat an earlier node's computation (module docstring). Modifies and returns `graph`."""
+    if any(_attrs_key(node) is None for node in graph.nodes):
+        return graph
     outputs = set(graph.output_names)
     kept_for: dict[str, str] = {}  # output of a dropped node -> the same value from the kept node
     first: dict[Hashable, Node] = {}

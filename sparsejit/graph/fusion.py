@@ -264,4 +264,4 @@ def optimise(graph: Graph) -> Graph:
     from sparsejit.graph.quant_fusion import fuse_quantized
 
     graph = merge_qkv_products(fuse_attention(fuse_matmul_epilogues(fuse_quantized(graph))))
-    return merge_duplicate_nodes(fuse_elementwise_chains(graph))
+    return fuse_elementwise_chains(merge_duplicate_nodes(graph))
