@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sparsejit.graph.fusion import _rebuild
 from sparsejit.graph.ir import Graph, Node
 
 _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -67,22 +68,19 @@ def merge_duplicate_nodes(graph: Graph) -> Graph:
     outputs = set(graph.output_names)
     kept_for: dict[str, str] = {}  # output of a dropped node -> the same value from the kept node
     first: dict[Hashable, Node] = {}
-    nodes: list[Node] = []
+    replaced: dict[int, Node | None] = {}
     for node in graph.nodes:
+        original = node
         if any(n in kept_for for n in node.inputs):
             node = Node(node.op_type, [kept_for.get(n, n) for n in node.inputs], list(node.outputs),
                         dict(node.attrs), node.domain, node.name)
+            replaced[id(original)] = node
         key = _key(graph, node)
         earlier = first.get(key) if key is not None else None
         if (earlier is not None and not outputs.intersection(node.outputs)
                 and all(b or not a for a, b in zip(node.outputs, earlier.outputs, strict=True))):
             kept_for.update((a, b) for a, b in zip(node.outputs, earlier.outputs, strict=True) if a)
-            continue
-        if key is not None:
+            replaced[id(original)] = None
+        elif key is not None:
             first.setdefault(key, node)
-        nodes.append(node)
-    if kept_for:
-        graph.nodes = nodes
-        used = {name for n in nodes for name in n.inputs if name} | outputs
-        graph.initializers = {k: v for k, v in graph.initializers.items() if k in used}
-    return graph
+    return _rebuild(graph, replaced)

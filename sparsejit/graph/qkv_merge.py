@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsejit.graph.fusion import _Uses
+from sparsejit.graph.fusion import _rebuild, _Uses
 from sparsejit.graph.ir import Graph, Node, Value
 from sparsejit.graph.quant_fusion import DOMAIN, _add_const, _memo
 
@@ -37,9 +37,8 @@ def _column_vector(graph: Graph, name: str, n: int, dtype: np.dtype) -> np.ndarr
     return np.broadcast_to(value.reshape(-1).astype(dtype), (n,))
 
 
-def _parts(graph: Graph, uses: _Uses, attention: Node) -> list[Node] | None:
+def _parts(graph: Graph, producers: dict[str, Node], uses: _Uses, attention: Node) -> list[Node] | None:
     """The three QMatMul nodes feeding q, k and v when they can become one product."""
-    producers = graph.producers()
     nodes = [producers.get(name) for name in attention.inputs[:3]]
     if any(n is None or n.op_type != "QMatMul" or n.domain != DOMAIN for n in nodes):
         return None
@@ -86,11 +85,12 @@ def _merged_constants(graph: Graph, nodes: list[Node]) -> tuple[np.ndarray, np.n
 def merge_qkv_products(graph: Graph) -> Graph:
     """Replace the Q, K, V products of each fused attention by one packed product (module docstring)."""
     uses = _Uses(graph)
+    producers = graph.producers()
     replaced: dict[int, Node | None] = {}
     for attention in graph.nodes:
         if attention.op_type != "Attention" or attention.domain != DOMAIN or attention.attrs.get("packed_qkv"):
             continue
-        nodes = _parts(graph, uses, attention)
+        nodes = _parts(graph, producers, uses, attention)
         if nodes is None or any(id(n) in replaced for n in nodes):
             continue
         merged = _merged_constants(graph, nodes)
@@ -111,8 +111,4 @@ def merge_qkv_products(graph: Graph) -> Graph:
         for node in nodes:
             replaced[id(node)] = product if node is first else None
         replaced[id(attention)] = packed
-    if replaced:
-        graph.nodes = [replaced.get(id(n), n) for n in graph.nodes if replaced.get(id(n), n) is not None]
-        used = {name for n in graph.nodes for name in n.inputs if name} | set(graph.output_names)
-        graph.initializers = {k: v for k, v in graph.initializers.items() if k in used}
-    return graph
+    return _rebuild(graph, replaced)
