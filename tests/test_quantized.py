@@ -384,10 +384,23 @@ def test_dynamic_quantize_rows_matches_onnxruntime(m: int, k: int, kp: int) -> N
 
 
 
+def _amx_usable() -> bool:
+    from sparsejit.kernels.simd_amx import amx_usable
+
+    return amx_usable()
+
+
+_NO_AMX = pytest.mark.skipif(not _amx_usable(), reason="no AMX on this CPU")
+# every dense int8 kernel test runs on the AVX-512 VNNI layout and, where the CPU has it, the AMX one
+LAYOUTS = pytest.mark.parametrize("layout", ["vnni", pytest.param("amx", marks=_NO_AMX)])
+
+
+@LAYOUTS
 @pytest.mark.parametrize("m,k,n,wdt,zero,act", [(37, 70, 100, np.int8, None, None),
                                                 (13, 33, 50, np.uint8, "col", "gelu_erf"),
-                                                (64, 256, 64, np.int8, None, "relu")])
-def test_qgemm_kernel(m: int, k: int, n: int, wdt: Any, zero: str | None, act: str | None) -> None:
+                                                (64, 256, 64, np.int8, None, "relu"),
+                                                (130, 192, 40, np.int8, "col", "gelu_tanh")])
+def test_qgemm_kernel(m: int, k: int, n: int, wdt: Any, zero: str | None, act: str | None, layout: str) -> None:
     from sparsejit.kernels import gemm_int8 as g
 
     rng = np.random.default_rng(1)
@@ -396,7 +409,8 @@ def test_qgemm_kernel(m: int, k: int, n: int, wdt: Any, zero: str | None, act: s
     w = rng.integers(lo, hi, (k, n)).astype(wdt)
     zw = (np.arange(n) % 7 + 120) if zero == "col" else None
     ws = ((rng.random(n) + 0.5) * 0.01).astype(np.float32)
-    packed = g.pack_b_int8(w, ws, zw)
+    packed = g.pack_b_int8(w, ws, zw, layout=layout)
+    assert packed.layout == layout
     np.testing.assert_array_equal(packed.unpack(), w.astype(np.int32) - (0 if zw is None else zw))
     aq = np.empty((m, packed.kp), np.uint8)
     rowsum = np.empty(m, np.int32)
@@ -417,6 +431,8 @@ def test_qgemm_kernel(m: int, k: int, n: int, wdt: Any, zero: str | None, act: s
         from math import erf
 
         ref = 0.5 * ref * (1 + np.vectorize(erf)(ref / np.sqrt(2)))
+    elif act == "gelu_tanh":
+        ref = 0.5 * ref * (1 + np.tanh(np.sqrt(2 / np.pi) * (ref + 0.044715 * ref**3)))
     np.testing.assert_allclose(out, ref + res, atol=2e-5, rtol=1e-5)
     comp, sc = g.epilogue_vectors(packed, za, scale, out_scale=0.05)
     outq = np.empty((m, n), np.uint8)
@@ -425,14 +441,57 @@ def test_qgemm_kernel(m: int, k: int, n: int, wdt: Any, zero: str | None, act: s
     assert np.abs(outq.astype(np.int64) - refq).max() <= 1
 
 
-def test_bound_qgemm_reads_current_data_and_fills_epilogue_in_place() -> None:
+@_NO_AMX
+@pytest.mark.parametrize("m,k,n", [(1, 768, 40), (16, 64, 32), (20, 100, 33), (32, 128, 64), (33, 3072, 70),
+                                   (70, 200, 96), (300, 64, 16)])
+def test_amx_and_vnni_kernels_agree_bit_for_bit(m: int, k: int, n: int) -> None:
+    """The AMX kernel's int32 sums are exact and it runs the VNNI kernel's epilogue code, so the two
+    must write the same bytes, at every row tail (M mod 32: half tiles, short tiles), K tail (K mod 64:
+    the copied last step) and column tail, for float and requantised outputs."""
+    from sparsejit.kernels import gemm_int8 as g
+
+    rng = np.random.default_rng(m * 1000 + k + n)
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    ws = ((rng.random(n) + 0.5) * 0.01).astype(np.float32)
+    zw = rng.integers(-3, 4, n)
+    outs: dict[str, list[np.ndarray]] = {}
+    for layout in ("vnni", "amx"):
+        packed = g.pack_b_int8(w, ws, zw, layout=layout)
+        aq = np.full((m, packed.kp), 255, np.uint8)  # padding bytes past K are never counted
+        aq[:, :k] = rng.integers(0, 256, (m, k)) if layout == "vnni" else outs["vnni"][0][:, :k]
+        rowsum = aq[:, :k].astype(np.int64).sum(1).astype(np.int32)
+        comp, scale = g.epilogue_vectors(packed, 7, 0.02)
+        res = np.arange(m * n, dtype=np.float32).reshape(m, n) / (m * n)
+        out = np.empty((m, n), np.float32)
+        g.qgemm(aq, packed, out, comp, scale, bias=np.linspace(-1, 1, n, dtype=np.float32), activation="gelu_erf",
+                residual=res, rowsum=rowsum)
+        comp_q, scale_q = g.epilogue_vectors(packed, 7, 0.02, out_scale=0.5)
+        out_q = np.empty((m, n), np.int8)
+        g.qgemm(aq, packed, out_q, comp_q, scale_q, rowsum=rowsum, out_zero=-3)
+        outs[layout] = [aq, out, out_q]
+    acc = (outs["vnni"][0][:, :k].astype(np.int64) - 7) @ (w.astype(np.int64) - zw)
+    np.testing.assert_allclose(outs["vnni"][1] - res, _gelu64(acc * (0.02 * ws.astype(np.float64))
+                                                              + np.linspace(-1, 1, n, dtype=np.float32)),
+                               rtol=2e-5, atol=2e-5)
+    np.testing.assert_array_equal(outs["amx"][1], outs["vnni"][1])
+    np.testing.assert_array_equal(outs["amx"][2], outs["vnni"][2])
+
+
+def _gelu64(x: np.ndarray) -> np.ndarray:
+    from math import erf
+
+    return 0.5 * x * (1 + np.vectorize(erf)(x / np.sqrt(2)))
+
+
+@LAYOUTS
+def test_bound_qgemm_reads_current_data_and_fills_epilogue_in_place(layout: str) -> None:
     """A plan step binds its buffers once and runs many times: every run must see the buffers' new
     contents (activation, residual, even one aliasing `out`) and equal the unbound `qgemm`."""
     from sparsejit.kernels import gemm_int8 as g
 
     rng = np.random.default_rng(4)
     m, k, n = 20, 64, 50
-    packed = g.pack_b_int8(rng.integers(-127, 128, (k, n)).astype(np.int8), np.float32(0.01))
+    packed = g.pack_b_int8(rng.integers(-127, 128, (k, n)).astype(np.int8), np.float32(0.01), layout=layout)
     aq = np.zeros((m, packed.kp), np.uint8)
     res = np.empty((m, n), np.float32)
     out, aliased = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
@@ -457,7 +516,8 @@ def test_bound_qgemm_reads_current_data_and_fills_epilogue_in_place() -> None:
         np.testing.assert_array_equal(aliased, ref)
 
 
-def test_qgemm_non_temporal_stores_write_the_same_output(monkeypatch: pytest.MonkeyPatch) -> None:
+@LAYOUTS
+def test_qgemm_non_temporal_stores_write_the_same_output(monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
     """Large float outputs take `vmovntps` stores (kernels.streaming): same bytes as normal stores,
     including the last, narrower panel (80 = 48 + 32 columns) and a residual that aliases the output;
     outputs that are not 64-byte aligned, or whose rows are not whole vectors, keep normal stores."""
@@ -467,7 +527,7 @@ def test_qgemm_non_temporal_stores_write_the_same_output(monkeypatch: pytest.Mon
 
     rng = np.random.default_rng(7)
     m, k, n = 37, 100, 80
-    packed = g.pack_b_int8(rng.integers(-127, 128, (k, n)).astype(np.int8), np.float32(0.01))
+    packed = g.pack_b_int8(rng.integers(-127, 128, (k, n)).astype(np.int8), np.float32(0.01), layout=layout)
     aq = np.zeros((m, packed.kp), np.uint8)
     aq[:, :k] = rng.integers(0, 256, (m, k))
     comp, scale = g.epilogue_vectors(packed, 17, 0.03)

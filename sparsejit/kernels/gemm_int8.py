@@ -33,14 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import get_num_threads, njit
 
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty, tiles_per_block
+from sparsejit.kernels.gemm_amx import AMX_NR, amx_kernel, amx_rows_per_task, amx_tile_configs
 from sparsejit.kernels.quantize import convert_rows, dynamic_quantize_rows, quantize_rows
+from sparsejit.kernels.simd_amx import amx_usable, require_amx
 from sparsejit.kernels.streaming import streams_output
 from sparsejit.kernels.threading import configure_threading, run_dynamic_tasks
-from sparsejit.kernels.tiles import activate_add_store, group4_dot_tile, panel_driver, split_last_panel
+from sparsejit.kernels.tiles import epilogue_setup, group4_dot_tile, panel_driver, row_epilogue, split_last_panel
 
 __all__ = ["PackedInt8", "pack_b_int8", "qgemm", "quantize_rows", "dynamic_quantize_rows", "convert_rows",
            "DEFAULT_TILE_INT8", "epilogue_vectors", "bind_epilogue_vectors", "pad_columns", "bind_qgemm"]
@@ -72,6 +74,8 @@ class PackedInt8:
     zero: np.ndarray  # int32 [n_panels * NR]: shifted weight zero point zw[n]
     has_zero: bool
     scale: np.ndarray  # float32 [n_panels * NR]: weight scale per column (0 in padding)
+    layout: str = "vnni"  # "amx": panels of 32 columns, K zero-padded to `kpad` (a multiple of 64)
+    kpad: int = 0  # K extent of each packed panel (KP for "vnni")
 
     @property
     def n_panels(self) -> int:
@@ -79,8 +83,9 @@ class PackedInt8:
 
     def unpack(self) -> np.ndarray:
         """The signed [K, N] int32 matrix w_s8 - zw (for tests)."""
-        d = self.data.reshape(self.n_panels, self.kp // 4, self.nr, 4).transpose(1, 3, 0, 2)
-        w = d.reshape(self.kp, self.n_panels * self.nr)[: self.k, : self.n].astype(np.int32)
+        kpad = self.kpad or self.kp
+        d = self.data.reshape(self.n_panels, kpad // 4, self.nr, 4).transpose(1, 3, 0, 2)
+        w = d.reshape(kpad, self.n_panels * self.nr)[: self.k, : self.n].astype(np.int32)
         return w - self.zero[: self.n]
 
 
@@ -92,10 +97,22 @@ def _per_column(value: np.ndarray | float | int, n: int, dtype: Any) -> np.ndarr
 
 
 def pack_b_int8(w: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray | int | None = None,
-                nr: int = DEFAULT_TILE_INT8[1]) -> PackedInt8:
-    """Pack an int8 or uint8 [K, N] weight with per-tensor or per-column scale and zero point."""
+                nr: int = DEFAULT_TILE_INT8[1], layout: str | None = None) -> PackedInt8:
+    """Pack an int8 or uint8 [K, N] weight with per-tensor or per-column scale and zero point.
+
+    `layout`: "vnni" (panels of `nr` columns for the AVX-512 kernels), "amx" (panels of 32 columns,
+    K padded to 64, for the AMX kernels of `gemm_amx`; `nr` is ignored) or None: "amx" where
+    `simd_amx.amx_usable()`, else "vnni".
+    """
     if w.ndim != 2 or w.dtype not in (np.int8, np.uint8):
         raise ValueError(f"pack_b_int8 expects a 2-D int8/uint8 weight, got {w.dtype} {w.shape}")
+    if layout is None:
+        layout = "amx" if amx_usable() else "vnni"
+    if layout not in ("vnni", "amx"):
+        raise ValueError(f"layout must be 'vnni' or 'amx', got {layout!r}")
+    if layout == "amx":
+        require_amx()
+        nr = AMX_NR
     if nr % 16 or nr <= 0:
         raise ValueError(f"panel width must be a positive multiple of 16, got {nr}")
     k, n = (int(s) for s in w.shape)
@@ -103,11 +120,12 @@ def pack_b_int8(w: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray
     w_s8 = (w.astype(np.int16) - shift).astype(np.int8)
     zw = _per_column(0 if zero_point is None else zero_point, n, np.int64) - shift
     kp = 4 * max(1, -(-k // 4))
+    kpad = 64 * -(-kp // 64) if layout == "amx" else kp
     n_pan = max(1, -(-n // nr))
-    full = np.zeros((kp, n_pan * nr), dtype=np.int8)
+    full = np.zeros((kpad, n_pan * nr), dtype=np.int8)
     full[:k, :n] = w_s8
-    data = _aligned_empty((n_pan * kp * nr,), np.int8)
-    data[:] = full.reshape(kp // 4, 4, n_pan, nr).transpose(2, 0, 3, 1).reshape(-1)
+    data = _aligned_empty((n_pan * kpad * nr,), np.int8)
+    data[:] = full.reshape(kpad // 4, 4, n_pan, nr).transpose(2, 0, 3, 1).reshape(-1)
     colsum = np.zeros(n_pan * nr, dtype=np.int32)
     colsum[:n] = w_s8.astype(np.int64).sum(axis=0)
     zero = np.zeros(n_pan * nr, dtype=np.int32)
@@ -115,7 +133,7 @@ def pack_b_int8(w: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray
     sc = np.zeros(n_pan * nr, dtype=np.float32)
     sc[:n] = _per_column(scale, n, np.float32)
     return PackedInt8(data=data, k=k, kp=kp, n=n, nr=nr, colsum=colsum, zero=zero,
-                      has_zero=bool(np.any(zw != 0)), scale=sc)
+                      has_zero=bool(np.any(zw != 0)), scale=sc, layout=layout, kpad=kpad)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -152,18 +170,7 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool, 
             for v in range(nv):
                 emit(f"        vprefetch(res, min(i0 + {r}, M - 1) * N + cb + {16 * v})")
     L.extend(group4_dot_tile(mr, nv, nr, "KP", "KP // 4", "vizero()", "vdpbusd"))
-    for v in range(nv):
-        emit(f"    k{v} = viload(comp, cb + {16 * v})")
-        emit(f"    s{v} = vload(scale, cb + {16 * v})")
-        emit(f"    z{v} = viload(zw, cb + {16 * v})")
-        if not out_q:
-            emit(f"    e{v} = vload(bias, cb + {16 * v})")
-    if out_q:
-        emit("    zyv = vibroadcast(zy)")
-        emit("    qlov = vibroadcast(qlo)")
-        emit("    qhiv = vibroadcast(qhi)")
-        emit("    flo = vbroadcast(-65536.0)")
-        emit("    fhi = vbroadcast(65536.0)")
+    L.extend(epilogue_setup(nv, out_q))
 
     def body(indent: str, width: int) -> None:
         for r in range(mr):
@@ -171,23 +178,7 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool, 
             if r > 0:
                 emit(f"{indent}if nrows > {r}:")
                 ind = indent + "    "
-            emit(f"{ind}row = (i0 + {r}) * N + cb")
-            emit(f"{ind}if has_zw:")
-            emit(f"{ind}    rs = vibroadcast(rowsum[i0 + {r}])")
-            for v in range(nv):
-                lanes = min(16, width - 16 * v)
-                if lanes <= 0:
-                    continue
-                emit(f"{ind}x = visub(c{r}_{v}, k{v})")
-                emit(f"{ind}if has_zw:")
-                emit(f"{ind}    x = visub(x, vimul(rs, z{v}))")
-                if out_q:
-                    emit(f"{ind}f = vmin(vmax(vrint(vmul(vcvt_i2f(x), s{v})), flo), fhi)")
-                    emit(f"{ind}q = vimin(vimax(viadd(vcvt_f2i(f), zyv), qlov), qhiv)")
-                    emit(f"{ind}vstore_bytes_mask(out, row + {16 * v}, q, {lanes})")
-                    continue
-                emit(f"{ind}f = vfma(vcvt_i2f(x), s{v}, e{v})")
-                L.extend(activate_add_store(act, v, lanes, ind, "vstore_nt" if nt else "vstore"))
+            L.extend(row_epilogue(lambda v, r=r: f"c{r}_{v}", f"i0 + {r}", nv, width, ind, out_q, act, nt))
 
     split_last_panel(body, emit, nr, last_w, n_pan)
     emit("")
@@ -259,12 +250,23 @@ def bind_qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, bias: np.nd
     out_f = out.reshape(-1).view(np.uint8) if out_q else out.reshape(-1)
     if not np.may_share_memory(out_f, out):
         raise ValueError("out must be C-contiguous")
-    kernel = _kernel(packed.k, packed.n, mr, packed.nr, activation if not out_q else None, out_q,
-                     streams_output(out, packed.n))
+    act, nt = activation if not out_q else None, streams_output(out, packed.n)
     rs = rowsum if rowsum is not None else _NO_ROWSUM
     a_f = a_q.reshape(-1)
-    tpb = tiles_per_block(m, packed.kp, mr, packed.n_panels, _L2_A_BUDGET)
     has_res, zero_y = residual is not None, int(out_zero)
+    if packed.layout == "amx":
+        amx = amx_kernel(packed.k, packed.kp, packed.n, act, out_q, nt)
+        cfg, blocks = amx_tile_configs(m), amx_rows_per_task(m, packed.n_panels, get_num_threads())
+
+        def run_amx(comp: np.ndarray, scale: np.ndarray) -> None:
+            if res_src is not None:
+                res_f.reshape(res_src.shape)[...] = res_src
+            run_dynamic_tasks(amx, a_f, packed.data, out_f, comp, scale, bias_f, res_f, rs, packed.zero, cfg, m,
+                              blocks, has_res, packed.has_zero, zero_y, qlo, qhi)
+
+        return run_amx
+    kernel = _kernel(packed.k, packed.n, mr, packed.nr, act, out_q, nt)
+    tpb = tiles_per_block(m, packed.kp, mr, packed.n_panels, _L2_A_BUDGET)
 
     def run(comp: np.ndarray, scale: np.ndarray) -> None:
         if res_src is not None:

@@ -3,7 +3,8 @@
 The MR x (16*NV) register tile: accumulators are `c{r}_{v}`, B vectors of the current k are `b{v}`,
 A rows start at `ao{r}` (`zero_tile`, `fma_tile`, `masked_store_tile` for fp32; `group4_dot_tile` for
 the 4-byte-group dot products of bf16 and VNNI). Around it: the float epilogue's tail
-(`activate_add_store`), the full-panel / last-panel split (`split_last_panel`) and the panel-major
+(`activate_add_store`; for the int8 kernels the whole dequantising epilogue, `epilogue_setup` and
+`row_epilogue`), the full-panel / last-panel split (`split_last_panel`) and the panel-major
 `prange` driver (`panel_driver`). The generated module imports the intrinsics each piece names.
 """
 
@@ -98,3 +99,42 @@ def group4_dot_tile(mr: int, nv: int, nr: int, row_bytes: str, groups: str, zero
         lines += [f"        c{r}_{v} = {dot}(c{r}_{v}, a{r}, b{v})" for v in range(nv)]
     lines.append(f"        bo += {nr * 4}")
     return lines
+
+
+def epilogue_setup(nv: int, out_q: bool) -> list[str]:
+    """Generated-code lines loading the per-column epilogue vectors of panel columns `cb + 16v`
+    (`k{v}` comp, `s{v}` scale, `z{v}` weight zero points, `e{v}` bias) and the requantisation
+    constants, for `row_epilogue`."""
+    lines = []
+    for v in range(nv):
+        lines += [f"    k{v} = viload(comp, cb + {16 * v})", f"    s{v} = vload(scale, cb + {16 * v})",
+                  f"    z{v} = viload(zw, cb + {16 * v})"]
+        if not out_q:
+            lines.append(f"    e{v} = vload(bias, cb + {16 * v})")
+    if out_q:
+        lines += ["    zyv = vibroadcast(zy)", "    qlov = vibroadcast(qlo)", "    qhiv = vibroadcast(qhi)",
+                  "    flo = vbroadcast(-65536.0)", "    fhi = vbroadcast(65536.0)"]
+    return lines
+
+
+def row_epilogue(acc: Callable[[int], str], row_index: str, nv: int, width: int, ind: str, out_q: bool,
+                 act: str | None, nt: bool) -> list[str]:
+    """Generated-code lines finishing one output row (`row_index`) of a panel `width` columns wide from
+    its int32 accumulator vectors `acc(v)`: zero-point corrections, dequantisation, then the float
+    epilogue (bias, activation, residual) or requantisation to 8 bits, and the stores."""
+    lines = [f"{ind}row = ({row_index}) * N + cb", f"{ind}if has_zw:",
+             f"{ind}    rs = vibroadcast(rowsum[{row_index}])"]
+    for v in range(nv):
+        lanes = min(16, width - 16 * v)
+        if lanes <= 0:
+            continue
+        lines += [f"{ind}x = visub({acc(v)}, k{v})", f"{ind}if has_zw:", f"{ind}    x = visub(x, vimul(rs, z{v}))"]
+        if out_q:
+            lines += [f"{ind}f = vmin(vmax(vrint(vmul(vcvt_i2f(x), s{v})), flo), fhi)",
+                      f"{ind}q = vimin(vimax(viadd(vcvt_f2i(f), zyv), qlov), qhiv)",
+                      f"{ind}vstore_bytes_mask(out, row + {16 * v}, q, {lanes})"]
+            continue
+        lines.append(f"{ind}f = vfma(vcvt_i2f(x), s{v}, e{v})")
+        lines += activate_add_store(act, v, lanes, ind, "vstore_nt" if nt else "vstore")
+    return lines
+

@@ -1,10 +1,11 @@
 """Choose the kernel of each int8 weight (`sparsejit::QMatMul`) by timing the candidates at load.
 
-Candidates: the dense VNNI GEMM (`gemm_int8.qgemm`) and, for a symmetric weight (zero point 0, so a
-pruned entry is exactly 0) at least `MIN_SPARSITY` sparse, the block-sparse VNNI kernels whose block
-density leaves them a chance: 4 x BW blocks with lanes along N (`sparse_gemm_int8`, ``qblock16/32/64``)
-and 4 x 1 blocks with lanes along M (`sparse_gemm_int8_4x1`, ``qblock1``). Each is run on the layer's real row
-count and the fastest wins, as for fp32 weights (`kernel_choice`); decisions share its disk cache.
+Candidates: the dense GEMM (`gemm_int8.qgemm`: AMX where the CPU has it, else AVX-512 VNNI) and, for a
+symmetric weight (zero point 0, so a pruned entry is exactly 0) at least `MIN_SPARSITY` sparse, the
+block-sparse VNNI kernels whose block density leaves them a chance: 4 x BW blocks with lanes along N
+(`sparse_gemm_int8`, ``qblock16/32/64``) and 4 x 1 blocks with lanes along M (`sparse_gemm_int8_4x1`,
+``qblock1``). Each is run on the layer's real row count and the fastest wins, as for fp32 weights
+(`kernel_choice`); decisions share its disk cache.
 
 `SPARSEJIT_QMATMUL_KERNEL` = auto (default) | dense | qblock1 | qblock16 | qblock32 | qblock64 forces a
 choice.
@@ -43,6 +44,7 @@ _BLOCK_WIDTHS = (1,) + sq.INT8_BLOCK_WIDTHS  # 4 x BW blocks; BW = 1 is the M-ve
 _POLICIES = ("auto", "dense") + tuple(f"qblock{bw}" for bw in _BLOCK_WIDTHS)
 _SRC_HASH = hashlib.sha1(b"".join(p.read_bytes() for p in (
     Path(__file__), Path(sq.__file__), Path(sq1.__file__), Path(sq.__file__).with_name("gemm_int8.py"),
+    Path(sq.__file__).with_name("gemm_amx.py"),
 ))).hexdigest()[:12]
 
 # kernel(a_q, out, comp, scale, bias, residual, rowsum): float32 out = act(dequant(a_q @ W) + bias) + res
@@ -150,6 +152,7 @@ class QWeightKernels(TimedChoice):
         if self._digest is None:
             assert self._w is not None
             self._digest = hashlib.blake2b(self._w.view(np.uint8).reshape(-1), digest_size=16).hexdigest()
-        parts = ["int8", self._digest, str(self._w.shape if self._w is not None else ""), str(m), str(activation),
+        parts = ["int8", self.packed.layout, self._digest, str(self._w.shape if self._w is not None else ""), str(m),
+                 str(activation),
                  kernel_dir().name, str(get_num_threads()), _SRC_HASH, ",".join(names)]
         return hashlib.sha1("|".join(parts).encode()).hexdigest()

@@ -1,0 +1,66 @@
+"""The 8-bit SIMD stores and the AMX tile intrinsics, each against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from sparsejit.kernels.simd import vibroadcast, viload
+from sparsejit.kernels.simd_int8 import vimax, vimin, vstore_bytes_mask
+
+
+def _clamped_store(lanes: int):  # type: ignore[no-untyped-def]
+    """A kernel storing `lanes` (a compile-time constant, as in the generated GEMMs) clamped bytes."""
+    namespace = {"njit": njit, "vibroadcast": vibroadcast, "viload": viload, "vimax": vimax, "vimin": vimin,
+                 "vstore_bytes_mask": vstore_bytes_mask}
+    exec(f"""
+@njit(fastmath=True)
+def store(out, acc):
+    q = vimin(vimax(viload(acc, 0), vibroadcast(-128)), vibroadcast(127))
+    vstore_bytes_mask(out, 3, q, {lanes})
+""", namespace)
+    return namespace["store"]
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 7, 16])
+def test_masked_byte_store_writes_exactly_its_lanes(lanes: int) -> None:
+    """LLVM 22 turned a one-lane masked byte store of a clamped vector into a 4-byte store (3 bytes
+    past the row: found by the AMX kernel's requantised outputs); nothing outside the lanes may change."""
+    acc = (np.arange(16, dtype=np.int32) * 37) - 200
+    out = np.full(24, 99, np.uint8)
+    _clamped_store(lanes)(out, acc)
+    expected = np.full(24, 99, np.uint8)
+    expected[3:3 + lanes] = np.clip(acc[:lanes], -128, 127).astype(np.int8).view(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_amx_tile_product_matches_numpy() -> None:
+    """One `tdpbusd` through the Numba intrinsics: uint8 [16, 64] x int8 (K in groups of 4) -> int32."""
+    from sparsejit.kernels import simd_amx as amx
+
+    if not amx.amx_usable():
+        pytest.skip("no AMX on this CPU")
+    amx.require_amx()
+
+    @njit
+    def product(cfg, a, b, c):  # type: ignore[no-untyped-def]
+        amx.tile_config(cfg, 0)
+        amx.tile_zero(0)
+        amx.tile_load(1, a, 0, 64)
+        amx.tile_load(2, b, 0, 64)
+        amx.tile_dpbusd(0, 1, 2)
+        amx.tile_dpbusd(0, 1, 2)  # accumulates
+        amx.tile_store(0, c, 0, 64)
+        amx.tile_release()
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (16, 64), dtype=np.uint8)
+    w = rng.integers(-128, 128, (64, 16), dtype=np.int8)
+    b = np.ascontiguousarray(w.reshape(16, 4, 16).transpose(0, 2, 1))  # [K/4][N][4]
+    c = np.zeros((16, 16), np.int32)
+    cfg = amx.tile_config_bytes({0: 16, 1: 16, 2: 16}, {0: 64, 1: 64, 2: 64})
+    product(cfg, a.reshape(-1), b.reshape(-1), c.reshape(-1))
+    np.testing.assert_array_equal(c, 2 * (a.astype(np.int64) @ w.astype(np.int64)))
+    with pytest.raises(ValueError, match="bad tile shape"):
+        amx.tile_config_bytes({0: 17}, {0: 64})
