@@ -1,8 +1,9 @@
-"""This CPU's arithmetic ceiling: fp32 FMA, int8 VNNI and bf16 dot-product peaks, and what BERT-base needs.
+"""This CPU's arithmetic ceiling: fp32 FMA, int8 VNNI / AMX and bf16 dot-product peaks, and what BERT-base needs.
 
 Runs independent register-only chains (no memory traffic) of `vfma` (16 x fp32 FMA), `vdpbusd`
 (64 u8 x s8 products into 16 x i32) and `vdpbf16ps` (32 bf16 products into 16 x fp32) on each
-thread, through the same explicit-SIMD layer the kernels use, and prints the median rate per core
+thread, through the same explicit-SIMD layer the kernels use (and, where the CPU has AMX, `tdpbusd` on
+tiles), and prints the median rate per core
 and for all threads together. Then the floor it puts under BERT-base (12 layers, hidden 768,
 intermediate 3072) at batch x seq 128 and 2048: the time its matrix products take at 100 % of the
 peak, which no kernel can beat without doing fewer operations.
@@ -19,9 +20,11 @@ import time
 import numpy as np
 
 from sparsejit.kernels.codegen import load_generated
+from sparsejit.kernels.simd_amx import amx_usable, require_amx, tile_config_bytes
 from sparsejit.kernels.threading import set_threads
 
 _CHAINS = 12  # independent accumulators: enough to cover the instruction latency
+_AMX = "int8 AMX (GOP/s)"
 
 # kind: (setup lines, accumulator start, one chain step, accumulator -> float, ops per step)
 _KINDS = {
@@ -50,6 +53,25 @@ def _peak_source(setup: list[str], start: str, step: str, reduce: str) -> str:
     lines.append("        for _ in range(n):")
     lines += [f"            a{i} = {step.replace('a,', f'a{i},')}" for i in chains]
     lines.append("        out[t] = " + " + ".join(f"{reduce}(a{i})" for i in chains))
+    return "\n".join(lines) + "\n"
+
+
+def _amx_source() -> str:
+    """Chains of AMX `tdpbusd` (16 x 16 x 64 u8 x s8 products into int32 tiles) on tiles 0-3, operands
+    loaded once into tiles 4-7: register-only, as the other kinds."""
+    lines = ["from numba import njit, prange",
+             "from sparsejit.kernels.simd_amx import tile_config, tile_dpbusd, tile_load, tile_release, tile_store,"
+             " tile_zero",
+             "",
+             "@njit(parallel=True, cache=True)",
+             "def peak(n, threads, cfg, data, out):",
+             "    for t in prange(threads):",
+             "        tile_config(cfg, 0)"]
+    lines += [f"        tile_zero({c})" for c in range(4)]
+    lines += [f"        tile_load({a}, data, 0, 64)" for a in range(4, 8)]
+    lines.append("        for _ in range(n):")
+    lines += [f"            tile_dpbusd({c}, {4 + c // 2}, {6 + c % 2})" for c in range(4)]
+    lines += ["        tile_store(0, out, t * 256, 64)", "        tile_release()"]
     return "\n".join(lines) + "\n"
 
 
@@ -91,6 +113,12 @@ def main() -> None:
         kernel = load_generated(f"bench_peak_{reduce}_{step.split('(')[0]}",
                                 _peak_source(setup, start, step, reduce)).peak
         kinds[name] = (lambda n, t, k=kernel: k(n, t, ones, sink), _CHAINS * ops)
+    if amx_usable():
+        require_amx()
+        amx = load_generated("bench_peak_amx_tdpbusd", _amx_source()).peak
+        cfg = tile_config_bytes({t: 16 for t in range(8)}, {t: 64 for t in range(8)})
+        data, tiles_out = np.ones(1024, np.uint8), np.zeros(256 * 64, np.int32)
+        kinds[_AMX] = (lambda n, t: amx(n, t, cfg, data, tiles_out), 4 * 16 * 16 * 64 * 2)
     print(f"{'kind':<20} {'1 thread':>10} {f'{args.threads} threads':>11}")
     peaks = {}
     for name, (run, ops) in kinds.items():
@@ -100,13 +128,13 @@ def main() -> None:
         many = _rate(run, ops, args.threads, args.seconds) / 1e9
         peaks[name] = many
         print(f"{name:<20} {one:10.1f} {many:11.1f}")
-    fp32, int8 = peaks["fp32 FMA (GFLOP/s)"], peaks["int8 VNNI (GOP/s)"]
+    fp32, int8 = peaks["fp32 FMA (GFLOP/s)"], peaks.get(_AMX, peaks["int8 VNNI (GOP/s)"])
     print(f"\nBERT-base products at 100 % of the {args.threads}-thread peak (a floor no kernel beats):")
     for tokens, label in ((128, "batch 1 x seq 128"), (2048, "batch 16 x seq 128")):
         total, attention = bert_base_ops(tokens) / 1e9, bert_base_attention_ops(tokens) / 1e9
         int8_ms = ((total - attention) / int8 + attention / fp32) * 1e3
         print(f"  {label:<20} {total:6.1f} G ops: fp32 {total / fp32 * 1e3:7.1f} ms; int8 weights "
-              f"(attention in fp32) {int8_ms:6.1f} ms")
+              f"({'AMX' if _AMX in peaks else 'VNNI'}; attention in fp32) {int8_ms:6.1f} ms")
 
 
 def bert_base_attention_ops(tokens: int) -> float:
