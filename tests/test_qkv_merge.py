@@ -68,8 +68,11 @@ def test_merged_product_is_bit_identical(mode: str) -> None:
     assert np.isfinite(expected).all() and np.abs(expected).max() > 0
 
 
-def test_not_merged_when_a_part_has_another_consumer_or_too_many_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert [n.op_type for n in qkv_merge.merge_qkv_products(_graph("dynamic", shared_q=True)).nodes].count(
-        "QMatMul") == 3
-    monkeypatch.setattr(qkv_merge, "MAX_ROWS", B * S - 1)
-    assert [n.op_type for n in qkv_merge.merge_qkv_products(_graph("dynamic")).nodes].count("QMatMul") == 3
+def test_not_merged_when_a_part_has_another_consumer_or_too_many_rows() -> None:
+    def products(graph):  # type: ignore[no-untyped-def]
+        return [n.op_type for n in graph.nodes].count("QMatMul")
+
+    assert products(qkv_merge.merge_qkv_products(_graph("dynamic", shared_q=True))) == 3
+    assert products(qkv_merge.merge_qkv_products(_graph("dynamic"), max_rows=B * S - 1)) == 3
+    assert products(qkv_merge.merge_qkv_products(_graph("dynamic"), max_rows=B * S)) == 1
+    assert products(qkv_merge.merge_qkv_products(_graph("dynamic"), max_rows=None)) == 1

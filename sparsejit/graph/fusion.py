@@ -256,12 +256,15 @@ def _rebuild(graph: Graph, replaced: dict[int, Node | None]) -> Graph:
     return graph
 
 
-def optimise(graph: Graph) -> Graph:
-    """All fusion passes, in order."""
+def optimise(graph: Graph, *, qkv_merge_all: bool = False) -> Graph:
+    """All fusion passes, in order. An attention's Q/K/V int8 products merge into one in buckets of up
+    to `qkv_merge.MAX_ROWS` rows (measured for the AVX-512 VNNI products), or in every bucket with
+    `qkv_merge_all` (measured for the AMX ones: the engine says which kernels it will run)."""
     from sparsejit.graph.attention import fuse_attention
     from sparsejit.graph.cse import merge_duplicate_nodes
-    from sparsejit.graph.qkv_merge import merge_qkv_products
+    from sparsejit.graph.qkv_merge import MAX_ROWS, merge_qkv_products
     from sparsejit.graph.quant_fusion import fuse_quantized
 
-    graph = merge_qkv_products(fuse_attention(fuse_matmul_epilogues(fuse_quantized(graph))))
+    rows = None if qkv_merge_all else MAX_ROWS
+    graph = merge_qkv_products(fuse_attention(fuse_matmul_epilogues(fuse_quantized(graph))), rows)
     return fuse_elementwise_chains(merge_duplicate_nodes(graph))

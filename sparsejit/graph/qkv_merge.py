@@ -7,10 +7,12 @@ times the column panels to balance over the threads, and leaves Q, K and V in on
 that the fused `sparsejit::Attention` reads in place (`packed_qkv`; inputs [qkv, "", "", terms...]).
 Every output element is computed exactly as before: the merged graph's outputs are bit-identical.
 
-Only buckets of at most `MAX_ROWS` rows (batch x sequence) merge: measured on BERT-base int8
-(2 threads, whole runs alternating), merged vs separate: -2 to -6 % at 128 rows, -4 % at 512, +-1 % at
-1024, +1 to +2 % at 2048 (both the product and the attention reading the packed rows got a little
-slower there). At few rows each product is short and its launch and last-task imbalance weigh most.
+With the AVX-512 VNNI products only buckets of at most `MAX_ROWS` rows (batch x sequence) merge:
+measured on BERT-base int8 (Zen 4, 2 threads, whole runs alternating), merged vs separate: -2 to -6 %
+at 128 rows, -4 % at 512, +-1 % at 1024, +1 to +2 % at 2048 (both the product and the attention
+reading the packed rows got a little slower there). At few rows each product is short and its launch
+and last-task imbalance weigh most. With the AMX products merging pays at every size (-3.5 % at 2048
+rows, Sapphire Rapids class): the caller passes the limit (`max_rows=None`: no limit).
 
 The concatenated weight is derived once per model (memoised on the Q weight, shared by every bucket).
 """
@@ -37,7 +39,8 @@ def _column_vector(graph: Graph, name: str, n: int, dtype: np.dtype) -> np.ndarr
     return np.broadcast_to(value.reshape(-1).astype(dtype), (n,))
 
 
-def _parts(graph: Graph, producers: dict[str, Node], uses: _Uses, attention: Node) -> list[Node] | None:
+def _parts(graph: Graph, producers: dict[str, Node], uses: _Uses, attention: Node,
+           max_rows: int | None) -> list[Node] | None:
     """The three QMatMul nodes feeding q, k and v when they can become one product."""
     nodes = [producers.get(name) for name in attention.inputs[:3]]
     if any(n is None or n.op_type != "QMatMul" or n.domain != DOMAIN for n in nodes):
@@ -58,7 +61,7 @@ def _parts(graph: Graph, producers: dict[str, Node], uses: _Uses, attention: Nod
         out = graph.value_info.get(node.outputs[0])
         if out is None or out.dtype != np.float32 or not out.is_static or out.shape[-1] != w.shape[1]:
             return None
-        if int(np.prod(out.shape[:-1])) > MAX_ROWS:
+        if max_rows is not None and int(np.prod(out.shape[:-1])) > max_rows:
             return None
     return nodes
 
@@ -82,15 +85,16 @@ def _merged_constants(graph: Graph, nodes: list[Node]) -> tuple[np.ndarray, np.n
     return w, np.concatenate(scales), np.concatenate(zeros), np.concatenate(biases)
 
 
-def merge_qkv_products(graph: Graph) -> Graph:
-    """Replace the Q, K, V products of each fused attention by one packed product (module docstring)."""
+def merge_qkv_products(graph: Graph, max_rows: int | None = MAX_ROWS) -> Graph:
+    """Replace the Q, K, V products of each fused attention by one packed product (module docstring),
+    in buckets of at most `max_rows` rows (None: every bucket)."""
     uses = _Uses(graph)
     producers = graph.producers()
     replaced: dict[int, Node | None] = {}
     for attention in graph.nodes:
         if attention.op_type != "Attention" or attention.domain != DOMAIN or attention.attrs.get("packed_qkv"):
             continue
-        nodes = _parts(graph, producers, uses, attention)
+        nodes = _parts(graph, producers, uses, attention, max_rows)
         if nodes is None or any(id(n) in replaced for n in nodes):
             continue
         merged = _merged_constants(graph, nodes)

@@ -17,6 +17,7 @@ from sparsejit.graph.fusion import optimise
 from sparsejit.graph.ir import Graph, Value
 from sparsejit.graph.onnx_import import ModelSource, load_onnx
 from sparsejit.graph.specialise import fold_constants, specialise
+from sparsejit.kernels.simd_amx import amx_usable
 from sparsejit.kernels.threading import set_threads
 from sparsejit.plan.plan import Plan
 
@@ -93,7 +94,8 @@ class Engine:
     def _make_plan(self, shapes: dict[str, tuple[int, ...]]) -> Plan:
         graph = specialise(self._graph, shapes)
         if self.optimize:
-            graph = optimise(graph)
+            # merged Q/K/V int8 products pay at every size on AMX, up to 1024 rows on VNNI (qkv_merge)
+            graph = optimise(graph, qkv_merge_all=amx_usable())
         label = "bucket " + "x".join(str(d) for d in next(iter(shapes.values()))) if shapes else "model"
         return Plan(graph, self._weight_cache, label, self.precision)
 
