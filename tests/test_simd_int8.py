@@ -64,3 +64,21 @@ def test_amx_tile_product_matches_numpy() -> None:
     np.testing.assert_array_equal(c, 2 * (a.astype(np.int64) @ w.astype(np.int64)))
     with pytest.raises(ValueError, match="bad tile shape"):
         amx.tile_config_bytes({0: 17}, {0: 64})
+
+
+def test_amx_off_switch_and_typed_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`SPARSEJIT_AMX=0` packs for the VNNI kernels; asking for AMX where it cannot run is a clear
+    RuntimeError at packing, never an illegal instruction later."""
+    from sparsejit.kernels import gemm_int8 as g
+    from sparsejit.kernels import simd_amx
+
+    w = np.ones((8, 8), np.int8)
+    monkeypatch.setenv(simd_amx.ENV_AMX, "0")
+    assert not simd_amx.amx_usable()
+    assert g.pack_b_int8(w, 1.0).layout == "vnni"
+    monkeypatch.delenv(simd_amx.ENV_AMX)
+    monkeypatch.setattr(simd_amx, "_host_has_amx", lambda: False)
+    assert not simd_amx.amx_usable()
+    assert g.pack_b_int8(w, 1.0).layout == "vnni"
+    with pytest.raises(RuntimeError, match="AMX int8 is not available"):
+        g.pack_b_int8(w, 1.0, layout="amx")
