@@ -82,3 +82,20 @@ def test_amx_off_switch_and_typed_refusal(monkeypatch: pytest.MonkeyPatch) -> No
     assert g.pack_b_int8(w, 1.0).layout == "vnni"
     with pytest.raises(RuntimeError, match="AMX int8 is not available"):
         g.pack_b_int8(w, 1.0, layout="amx")
+
+
+def test_amx_check_asks_llvm_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unbound int8 products ask `amx_usable()` per call (the load-time kernel timing runs them so):
+    querying LLVM's host features each time cost ~400 us a call and made that timing pick 4x1-sparse
+    kernels the model then ran slower than the dense AMX ones."""
+    from sparsejit.kernels import simd_amx
+
+    calls: list[int] = []
+    real = simd_amx.llvm_binding.get_host_cpu_features
+    monkeypatch.setattr(simd_amx.llvm_binding, "get_host_cpu_features", lambda: calls.append(1) or real())
+    simd_amx._host_has_amx.cache_clear()
+    try:
+        answers = {simd_amx._host_has_amx() for _ in range(5)}
+    finally:
+        simd_amx._host_has_amx.cache_clear()
+    assert len(answers) == 1 and len(calls) == 1

@@ -19,6 +19,7 @@ Tasks are (panel, block of row blocks), handed out one at a time as in the VNNI 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,10 @@ _STEP_BYTES = 16 * 4 * AMX_NR  # one 64-K step of a panel: two B tiles
 _PREFETCH_STEPS = 4
 
 
+@functools.lru_cache(maxsize=256)
 def amx_tile_configs(m: int) -> np.ndarray:
-    """uint8 [128]: the tile configuration of a full 32-row block, then that of M's last block."""
+    """uint8 [128]: the tile configuration of a full 32-row block, then that of M's last block (one
+    array shared by every caller: not to be written)."""
     def config(rows: int) -> np.ndarray:
         top, bottom = min(16, rows), max(0, rows - 16)
         shape = {t: top for t in (*_C_TOP, _A[0])} | {t: 16 for t in _B}

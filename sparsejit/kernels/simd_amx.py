@@ -45,6 +45,7 @@ _I8 = ir.IntType(8)
 _I64 = ir.IntType(64)
 
 
+@functools.cache
 def _host_has_amx() -> bool:
     features = set(llvm_binding.get_host_cpu_features().flatten().split(","))
     return {"+amx-tile", "+amx-int8"} <= features
