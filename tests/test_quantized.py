@@ -271,7 +271,8 @@ _WU = _RNG.integers(0, 256, (64, 48)).astype(np.uint8)
 
 
 @pytest.mark.parametrize("case", ["QLinearAdd", "QLinearMul", "QLinearSoftmax", "QLinearMatMul-const",
-                                  "QLinearMatMul-const-u8", "QLinearMatMul-act", "QuantizeLinear",
+                                  "QLinearMatMul-const-u8", "QLinearMatMul-act", "QLinearMatMul-act-long-k",
+                                  "QuantizeLinear",
                                   "DequantizeLinear", "DequantizeLinear-axis", "DynamicQuantizeLinear",
                                   "MatMulInteger"])
 def test_single_op_bit_exact(case: str) -> None:
@@ -294,6 +295,10 @@ def test_single_op_bit_exact(case: str) -> None:
     elif case == "QLinearMatMul-act":
         _single(oh.make_node("QLinearMatMul", ab, ["y"]), {"a": _A, "b": _B.transpose(0, 2, 1).copy()},
                 {**_S, "cs": np.float32(2.0)}, TensorProto.INT8)
+    elif case == "QLinearMatMul-act-long-k":  # K = 600: three float32-exact chunks (258 + 258 + 84)
+        a_long, b_long = (_RNG.integers(-128, 128, (2, 8, 600)).astype(np.int8) for _ in range(2))
+        _single(oh.make_node("QLinearMatMul", ab, ["y"]), {"a": a_long, "b": b_long.transpose(0, 2, 1).copy()},
+                {**_S, "cs": np.float32(40.0)}, TensorProto.INT8)
     elif case == "QuantizeLinear":
         _single(oh.make_node(case, ["x", "as", "az"], ["y"]), {"x": _X}, _S, TensorProto.INT8)
     elif case == "DequantizeLinear":

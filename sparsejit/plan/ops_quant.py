@@ -6,7 +6,8 @@
   its epilogue. Activations shared by several QMatMuls (Q, K, V) are quantised once.
 - ai.onnx `QuantizeLinear`, `DequantizeLinear` (generated elementwise kernels, per-tensor or
   per-axis), `DynamicQuantizeLinear` (vectorised min/max + quantiser), `QLinearMatMul` (VNNI GEMM
-  with requantised 8-bit output for constant weights; exact float64 BLAS for two activations),
+  with requantised 8-bit output for constant weights; exact float32 SIMD products, in K chunks of at
+  most 258, for two activations),
   `MatMulInteger` (exact float64 BLAS; the fused QMatMul is the fast path).
 - com.microsoft `MatMulNBits` (4-bit block weights dequantised to float32 once at load and run by
   the fp32 GEMM, matching onnxruntime's default accuracy level), `QLinearAdd`, `QLinearMul`
@@ -41,6 +42,7 @@ from sparsejit.plan.ops_elementwise import ELEMENTWISE
 from sparsejit.plan.qkernel_choice import QWeightKernels
 
 _QRANGE = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127)}
+_EXACT_F32_K = (2 ** 24 - 1) // (255 * 255)  # 258: the longest K whose 8-bit products sum exactly in float32
 _CTOR = {np.dtype(np.uint8): "np.uint8", np.dtype(np.int8): "np.int8"}
 
 
@@ -239,16 +241,22 @@ def _qlinear_matmul(node: Node, ctx: LowerContext) -> Step:
         raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "per-column scales of an activation")
 
     k = a.shape[-1]
-    # |a - za|, |b - zb| <= 255: with K * 255^2 < 2^24 every partial sum is an integer exact in float32,
-    # so the float32 SIMD product (any summation order) equals the float64 one
-    f32 = (k * 255 * 255 < 2 ** 24 and a.ndim == b.ndim >= 2 and a.shape[:-2] == b.shape[:-2]
-           and np.size(za) == 1 and np.size(zb) == 1)
+    # |a - za|, |b - zb| <= 255: over K <= _EXACT_F32_K terms every partial sum is an integer exact in
+    # float32, so the float32 SIMD product (any summation order) equals the float64 one; a longer K is
+    # done in such chunks, their exact sums added in float64 (attention's P.V at sequence 384: 2 chunks)
+    f32 = a.ndim == b.ndim >= 2 and a.shape[:-2] == b.shape[:-2] and np.size(za) == 1 and np.size(zb) == 1
     acc32 = np.empty(out.shape, np.float32) if f32 else None
+    chunks = [(k0, min(k, k0 + _EXACT_F32_K)) for k0 in range(0, k, _EXACT_F32_K)]
 
     def run_dynamic() -> None:
         if acc32 is not None:
-            simd_matmul(a.astype(np.float32) - np.float32(za), b.astype(np.float32) - np.float32(zb), acc32)
-            acc = acc32.astype(np.float64)
+            af, bf = a.astype(np.float32) - np.float32(za), b.astype(np.float32) - np.float32(zb)
+            acc = None
+            for k0, k1 in chunks:
+                simd_matmul(af[..., k0:k1], bf[..., k0:k1, :], acc32)
+                acc = acc32.astype(np.float64) if acc is None else acc + acc32
+            if acc is None:  # K = 0
+                acc = np.zeros(out.shape, np.float64)
         else:
             acc = np.matmul(a.astype(np.float64) - np.float64(za), b.astype(np.float64) - np.float64(zb))
         y = np.rint((acc * mult).astype(np.float32)) + np.float32(zy)
