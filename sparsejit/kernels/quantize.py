@@ -230,3 +230,29 @@ def convert_rows(x: np.ndarray, out: np.ndarray, rowsum: np.ndarray | None = Non
     rs = rowsum if rowsum is not None else _NO_ROWSUM
     shift = 128 if x.dtype == np.int8 else 0
     _convert_rows_kernel(x.reshape(-1), out.reshape(-1), rs, m, k, kp, shift, want)
+
+
+@njit(parallel=True, cache=True)
+def _requantize_kernel(acc, mult, zy, lo, hi, out):  # type: ignore[no-untyped-def]
+    for i in prange(acc.size):
+        y = np.rint(np.float32(np.float64(acc[i]) * mult)) + np.float32(zy)
+        out[i] = min(max(y, np.float32(lo)), np.float32(hi))
+
+
+@njit(parallel=True, cache=True)
+def _add_into(acc, part):  # type: ignore[no-untyped-def]
+    for i in prange(acc.size):
+        acc[i] += part[i]
+
+
+def requantize(acc: np.ndarray, multiplier: float, zero_point: int, out: np.ndarray) -> None:
+    """out = saturate(rint(float32(acc * multiplier)) + zero_point) for an exact integer accumulator
+    (float32 or float64 holding integers) into a C-contiguous 8-bit `out`, as onnxruntime requantises
+    QLinearMatMul (the product of two scales over the output scale taken in float64)."""
+    lo, hi = (0, 255) if out.dtype == np.uint8 else (-128, 127)
+    _requantize_kernel(acc.reshape(-1), np.float64(multiplier), zero_point, lo, hi, out.reshape(-1))
+
+
+def accumulate(acc: np.ndarray, part: np.ndarray) -> None:
+    """acc += part, elementwise, in parallel (float64 `acc`, float32 `part`, same size, C-contiguous)."""
+    _add_into(acc.reshape(-1), part.reshape(-1))

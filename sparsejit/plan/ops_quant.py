@@ -37,6 +37,7 @@ from sparsejit.kernels.gemm_int8 import (
     quantize_rows,
 )
 from sparsejit.kernels.normalization import softmax
+from sparsejit.kernels.quantize import accumulate, requantize
 from sparsejit.plan.lowering import LowerContext, Step, lowers
 from sparsejit.plan.ops_elementwise import ELEMENTWISE
 from sparsejit.plan.qkernel_choice import QWeightKernels
@@ -231,8 +232,8 @@ def _qlinear_matmul(node: Node, ctx: LowerContext) -> Step:
             qgemm(aq, packed, out, comp, scale, rowsum=rowsum, out_zero=zero_y)
 
         return run
-    # two activations (attention): exact integer products (float32 SIMD when provably exact, else
-    # float64 BLAS), requantised like onnxruntime
+    # two activations (attention): exact integer products (float32 SIMD over K chunks that sum exactly;
+    # float64 BLAS for broadcast batch dims or per-axis zero points), requantised like onnxruntime
     if sb is None or zb is None:
         raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "run-time scales")
     lo, hi = _QRANGE[dtype]
@@ -244,23 +245,32 @@ def _qlinear_matmul(node: Node, ctx: LowerContext) -> Step:
     # |a - za|, |b - zb| <= 255: over K <= _EXACT_F32_K terms every partial sum is an integer exact in
     # float32, so the float32 SIMD product (any summation order) equals the float64 one; a longer K is
     # done in such chunks, their exact sums added in float64 (attention's P.V at sequence 384: 2 chunks)
-    f32 = a.ndim == b.ndim >= 2 and a.shape[:-2] == b.shape[:-2] and np.size(za) == 1 and np.size(zb) == 1
-    acc32 = np.empty(out.shape, np.float32) if f32 else None
-    chunks = [(k0, min(k, k0 + _EXACT_F32_K)) for k0 in range(0, k, _EXACT_F32_K)]
+    f32 = (a.ndim == b.ndim >= 2 and a.shape[:-2] == b.shape[:-2] and np.size(za) == 1 and np.size(zb) == 1
+           and out.flags.c_contiguous)
+    if not f32:
+        def run_float64() -> None:
+            acc = np.matmul(a.astype(np.float64) - np.float64(za), b.astype(np.float64) - np.float64(zb))
+            y = np.rint((acc * mult).astype(np.float32)) + np.float32(zy)
+            np.copyto(out, np.clip(y, lo, hi), casting="unsafe")
+
+        return run_float64
+    chunks = [(k0, min(k, k0 + _EXACT_F32_K)) for k0 in range(0, k, _EXACT_F32_K)] or [(0, 0)]
+    af, bf = np.empty(a.shape, np.float32), np.empty(b.shape, np.float32)
+    acc32 = np.empty(out.shape, np.float32)
+    acc64 = np.empty(out.shape, np.float64) if len(chunks) > 1 else None
+    zero_y = int(np.asarray(zy).reshape(()))
 
     def run_dynamic() -> None:
-        if acc32 is not None:
-            af, bf = a.astype(np.float32) - np.float32(za), b.astype(np.float32) - np.float32(zb)
-            acc = None
-            for k0, k1 in chunks:
-                simd_matmul(af[..., k0:k1], bf[..., k0:k1, :], acc32)
-                acc = acc32.astype(np.float64) if acc is None else acc + acc32
-            if acc is None:  # K = 0
-                acc = np.zeros(out.shape, np.float64)
-        else:
-            acc = np.matmul(a.astype(np.float64) - np.float64(za), b.astype(np.float64) - np.float64(zb))
-        y = np.rint((acc * mult).astype(np.float32)) + np.float32(zy)
-        np.copyto(out, np.clip(y, lo, hi), casting="unsafe")
+        np.subtract(a, np.float32(za), out=af)  # one pass each, exact: |value| <= 255
+        np.subtract(b, np.float32(zb), out=bf)
+        for i, (k0, k1) in enumerate(chunks):
+            simd_matmul(af[..., k0:k1], bf[..., k0:k1, :], acc32)
+            if acc64 is not None:
+                if i == 0:
+                    acc64[...] = acc32
+                else:
+                    accumulate(acc64, acc32)
+        requantize(acc32 if acc64 is None else acc64, mult, zero_y, out)
 
     return run_dynamic
 
