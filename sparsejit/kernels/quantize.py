@@ -250,7 +250,8 @@ def requantize(acc: np.ndarray, multiplier: float, zero_point: int, out: np.ndar
     (float32 or float64 holding integers) into a C-contiguous 8-bit `out`, as onnxruntime requantises
     QLinearMatMul (the product of two scales over the output scale taken in float64)."""
     lo, hi = (0, 255) if out.dtype == np.uint8 else (-128, 127)
-    _requantize_kernel(acc.reshape(-1), np.float64(multiplier), zero_point, lo, hi, out.reshape(-1))
+    mult = np.float64(np.asarray(multiplier, dtype=np.float64).reshape(()))  # a 1-element array as well
+    _requantize_kernel(acc.reshape(-1), mult, int(zero_point), lo, hi, out.reshape(-1))
 
 
 def accumulate(acc: np.ndarray, part: np.ndarray) -> None:
