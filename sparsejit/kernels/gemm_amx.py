@@ -31,7 +31,7 @@ from sparsejit.kernels.gemm import _ACT_FN
 from sparsejit.kernels.simd_amx import require_amx, tile_config_bytes
 from sparsejit.kernels.tiles import epilogue_setup, panel_driver, row_epilogue, split_last_panel
 
-__all__ = ["AMX_MR", "AMX_NR", "amx_kernel", "amx_tile_configs", "amx_rows_per_task"]
+__all__ = ["AMX_MR", "AMX_NR", "amx_kernel", "amx_tile_configs"]
 
 AMX_MR = 32  # rows per block: two 16-row tiles
 AMX_NR = 32  # columns per panel: two 16-column tiles
@@ -58,16 +58,6 @@ def amx_tile_configs(m: int) -> np.ndarray:
         return tile_config_bytes(shape, {t: 64 for t in shape})
     last = m - AMX_MR * ((m - 1) // AMX_MR) if m else AMX_MR
     return np.concatenate([config(AMX_MR), config(last)])
-
-
-def amx_rows_per_task(m: int, n_panels: int, threads: int) -> int:
-    """Row blocks per task: all of M when the panels alone give each thread several tasks, else
-    fewer (equal blocks), so that 2+ threads stay balanced."""
-    n_mb = -(-m // AMX_MR)
-    tpb = n_mb
-    while tpb > 1 and n_panels * -(-n_mb // tpb) < 4 * threads:
-        tpb = -(-tpb // 2)
-    return -(-n_mb // -(-n_mb // tpb))
 
 
 def _k_steps(lines: list[str], two: bool, indent: str, ktail: int) -> None:

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import get_num_threads, njit
+from numba import njit
 
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty, tiles_per_block
-from sparsejit.kernels.gemm_amx import AMX_NR, amx_kernel, amx_rows_per_task, amx_tile_configs
+from sparsejit.kernels.gemm_amx import AMX_MR, AMX_NR, amx_kernel, amx_tile_configs
 from sparsejit.kernels.quantize import convert_rows, dynamic_quantize_rows, quantize_rows
 from sparsejit.kernels.simd_amx import amx_usable, require_amx
 from sparsejit.kernels.streaming import streams_output
@@ -256,7 +256,9 @@ def bind_qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, bias: np.nd
     has_res, zero_y = residual is not None, int(out_zero)
     if packed.layout == "amx":
         amx = amx_kernel(packed.k, packed.kp, packed.n, act, out_q, nt)
-        cfg, blocks = amx_tile_configs(m), amx_rows_per_task(m, packed.n_panels, get_num_threads())
+        # row blocks per task as for the VNNI tiles, without an L2 budget: all of M unless the panels
+        # alone leave too few tasks for the threads
+        cfg, blocks = amx_tile_configs(m), tiles_per_block(m, packed.kp, AMX_MR, packed.n_panels, budget=1 << 62)
 
         def run_amx(comp: np.ndarray, scale: np.ndarray) -> None:
             if res_src is not None:
