@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsejit.graph.cse import merge_duplicate_nodes
+from sparsejit.graph import cse
 from sparsejit.graph.ir import Graph, Node, Value
 from sparsejit.plan.plan import Plan
 
@@ -37,7 +37,7 @@ def _run(graph: Graph) -> np.ndarray:
 
 
 def test_equal_constants_by_value_make_one_node() -> None:
-    merged = merge_duplicate_nodes(_graph())
+    merged = cse.run(_graph())
     assert [n.name for n in merged.nodes] == ["where_a", "add_a", "add_b"]
     assert merged.nodes[2].inputs == ["y_a", "mask_a"]
     assert not {"zero_b", "fill_b"} & set(merged.initializers)
@@ -47,8 +47,8 @@ def test_equal_constants_by_value_make_one_node() -> None:
 
 
 def test_different_values_and_graph_outputs_stay() -> None:
-    assert len(merge_duplicate_nodes(_graph(second_fill=-1e9)).nodes) == 4
-    assert len(merge_duplicate_nodes(_graph(output_second=True)).nodes) == 4
+    assert len(cse.run(_graph(second_fill=-1e9)).nodes) == 4
+    assert len(cse.run(_graph(output_second=True)).nodes) == 4
 
 
 def test_random_ops_are_never_merged() -> None:
@@ -57,11 +57,11 @@ def test_random_ops_are_never_merged() -> None:
     nodes.append(Node("Add", ["r1", "r2"], ["y"], {}, "", "add"))
     info = {n: Value(n, f32, (3,)) for n in ("r1", "r2", "y")}
     graph = Graph([], [info["y"]], nodes, {}, {"": 17}, info)
-    assert len(merge_duplicate_nodes(graph).nodes) == 3
+    assert len(cse.run(graph).nodes) == 3
 
 
 def test_graph_with_opaque_attributes_is_left_alone() -> None:
     """Names used inside a fused subgraph attribute would not follow a renaming: no merging at all."""
     graph = _graph()
     graph.nodes[1].attrs["nodes"] = [Node("Identity", ["mask_a"], ["t"])]
-    assert len(merge_duplicate_nodes(graph).nodes) == 4
+    assert len(cse.run(graph).nodes) == 4

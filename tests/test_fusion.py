@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import sparsejit
-from sparsejit.graph.fusion import optimise
 from sparsejit.graph.onnx_import import load_onnx
+from sparsejit.graph.passes import optimise
 from sparsejit.graph.specialise import fold_constants, specialise
+from sparsejit.plan.engine import pass_context
 from tests import zoo
 
 LAYERS = {"distilbert": 3, "roberta": 3, "albert": 3, "electra": 3, "mpnet": 3}
@@ -19,7 +20,7 @@ GELU = {"albert": "gelu_tanh"}  # albert's default hidden_act is gelu_new (tanh 
 
 def _fused_counts(model_dir):
     graph = load_onnx(model_dir / "model.onnx")
-    graph = optimise(specialise(fold_constants(graph), {v.name: (2, 16) for v in graph.inputs}))
+    graph = optimise(specialise(fold_constants(graph), {v.name: (2, 16) for v in graph.inputs}), pass_context())
     ops = collections.Counter(n.op_type for n in graph.nodes)
     acts = collections.Counter(n.attrs.get("activation") for n in graph.nodes if n.op_type == "FusedMatMul")
     return ops, acts

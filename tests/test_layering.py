@@ -38,3 +38,16 @@ def test_runtime_never_imports_torch_or_transformers() -> None:
     offenders = [f"{path.relative_to(PKG)} imports {name}" for path in sorted(PKG.rglob("*.py"))
                  for name in _imports(path) if name.split(".")[0] in ("torch", "transformers")]
     assert not offenders, offenders
+
+
+def test_graph_passes_do_not_import_each_other() -> None:
+    """A pass reads the rewrite infrastructure, op traits and shared patterns, never another pass."""
+    from sparsejit.graph.passes import PASSES
+
+    pass_modules = {module.__name__ for module in PASSES}
+    offenders = [f"{name} imports {imported}" for name in sorted(pass_modules)
+                 for imported in _imports(PKG / "graph" / f"{name.rsplit('.', 1)[1]}.py")
+                 if imported in pass_modules or imported == "sparsejit.graph.passes"
+                 or imported.startswith("sparsejit.graph.fusion")]
+    assert not offenders, offenders
+    assert not (PKG / "graph" / "fusion.py").exists()

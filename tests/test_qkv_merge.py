@@ -7,10 +7,15 @@ import pytest
 
 from sparsejit.graph import qkv_merge
 from sparsejit.graph.ir import Graph, Node, Value
+from sparsejit.graph.pass_context import PassContext
 from sparsejit.plan.plan import Plan
 
 B, S, K, HEADS, D = 2, 24, 40, 2, 16
 W = HEADS * D
+
+
+def _ctx(max_rows: int | None) -> PassContext:
+    return PassContext(attention_head_multiple=16, qkv_merge_max_rows=max_rows)
 
 
 def _graph(mode: str, shared_q: bool = False) -> Graph:
@@ -57,7 +62,7 @@ def test_merged_product_is_bit_identical(mode: str) -> None:
     x = rng.standard_normal((B, S, K)).astype(np.float32)
     mask = np.zeros((B, 1, 1, S), np.float32)
     mask[1, ..., -5:] = -np.inf
-    merged = qkv_merge.merge_qkv_products(_graph(mode))
+    merged = qkv_merge.run(_graph(mode), _ctx(1024))
     ops = [n.op_type for n in merged.nodes]
     assert ops == ["QMatMul", "Attention"], ops
     attention = merged.nodes[1]
@@ -72,7 +77,7 @@ def test_not_merged_when_a_part_has_another_consumer_or_too_many_rows() -> None:
     def products(graph):  # type: ignore[no-untyped-def]
         return [n.op_type for n in graph.nodes].count("QMatMul")
 
-    assert products(qkv_merge.merge_qkv_products(_graph("dynamic", shared_q=True))) == 3
-    assert products(qkv_merge.merge_qkv_products(_graph("dynamic"), max_rows=B * S - 1)) == 3
-    assert products(qkv_merge.merge_qkv_products(_graph("dynamic"), max_rows=B * S)) == 1
-    assert products(qkv_merge.merge_qkv_products(_graph("dynamic"), max_rows=None)) == 1
+    assert products(qkv_merge.run(_graph("dynamic", shared_q=True), _ctx(1024))) == 3
+    assert products(qkv_merge.run(_graph("dynamic"), _ctx(B * S - 1))) == 3
+    assert products(qkv_merge.run(_graph("dynamic"), _ctx(B * S))) == 1
+    assert products(qkv_merge.run(_graph("dynamic"), _ctx(None))) == 1

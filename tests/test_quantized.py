@@ -113,14 +113,15 @@ def test_distilbert_quantized_forms(distilbert: Path, form: str) -> None:
 
 def test_int8_fusion_applies(distilbert: Path) -> None:
     """Constant-weight MatMuls of the QDQ and dynamic forms run as int8 QMatMul nodes."""
-    from sparsejit.graph.fusion import optimise
     from sparsejit.graph.onnx_import import load_onnx
+    from sparsejit.graph.passes import optimise
     from sparsejit.graph.specialise import fold_constants, specialise
+    from sparsejit.plan.engine import pass_context
 
     for form in ("dynamic", "qdq", "qdq-pc"):
         graph = load_onnx(str(quantized_model(distilbert, form) / "model.onnx"))
         feed = zoo.make_inputs(distilbert, BATCH, SEQ)
-        graph = optimise(specialise(fold_constants(graph), {k: v.shape for k, v in feed.items()}))
+        graph = optimise(specialise(fold_constants(graph), {k: v.shape for k, v in feed.items()}), pass_context())
         ops = [n.op_type for n in graph.nodes]
         # 3 layers x 6 + classifier; the dynamic form's fused attention reads one merged Q/K/V product
         want, packed = (13, 3) if form == "dynamic" else (19, 0)
@@ -135,7 +136,7 @@ def test_int8_fusion_applies(distilbert: Path) -> None:
 def test_fake_quant_chain_is_one_kernel_and_bit_exact(dtype: Any) -> None:
     """x -> QuantizeLinear -> DequantizeLinear -> Add fuses into one elementwise kernel whose output
     equals onnxruntime's (NaN and infinities included, where the quantiser saturates)."""
-    from sparsejit.graph.fusion import fuse_elementwise_chains
+    from sparsejit.graph import elementwise_chains
     from sparsejit.graph.onnx_import import load_onnx
     from sparsejit.graph.specialise import fold_constants, specialise
 
@@ -149,7 +150,7 @@ def test_fake_quant_chain_is_one_kernel_and_bit_exact(dtype: Any) -> None:
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
     model.ir_version = 9
     data = model.SerializeToString()
-    fused = fuse_elementwise_chains(specialise(fold_constants(load_onnx(data)), {"x": _X.shape}))
+    fused = elementwise_chains.run(specialise(fold_constants(load_onnx(data)), {"x": _X.shape}))
     assert [n.op_type for n in fused.nodes] == ["FusedElementwise"]
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": _X})[0]
     got = sparsejit.Engine(data, input_shapes={"x": _X.shape}).run({"x": _X})["y"]

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsejit.graph.fusion import FUSED_DOMAIN, _rebuild, _Uses
 from sparsejit.graph.ir import Graph, Node
+from sparsejit.graph.pass_context import PassContext
+from sparsejit.graph.rewrite import FUSED_DOMAIN, Rewriter, Uses
+
+NAME = "attention"
 
 
 def _scalar(graph: Graph, name: str) -> float | None:
@@ -33,10 +36,10 @@ def _perm(node: Node, rank: int) -> list[int]:
     return list(node.attrs.get("perm", list(range(rank))[::-1]))
 
 
-def _trace_head_input(graph: Graph, uses: _Uses, name: str, chain: list[Node]) -> tuple[str, list[int], float] | None:
+def _trace_head_input(graph: Graph, uses: Uses, name: str, chain: list[Node]) -> tuple[str, list[int], float] | None:
     """Walk back from a MatMul operand through scalar scales and transposes to a Reshape
     [b, s, h*d] -> [b, s, h, d]. Returns (source, permutation applied after the reshape, scale)."""
-    producers = graph.producers()
+    producers = uses.producers
     perm = [0, 1, 2, 3]
     scale = 1.0
     current = name
@@ -80,26 +83,22 @@ def _trace_head_input(graph: Graph, uses: _Uses, name: str, chain: list[Node]) -
         chain.append(node)
 
 
-def fuse_attention(graph: Graph) -> Graph:
-    """Replace every matched attention block by a `sparsejit::Attention` node."""
-    uses = _Uses(graph)
-    producers = graph.producers()
-    replaced: dict[int, Node | None] = {}
-    for softmax in graph.nodes:
-        if softmax.op_type != "Softmax" or softmax.domain or id(softmax) in replaced:
+def run(graph: Graph, ctx: PassContext) -> Graph:
+    """Replace every matched attention block by a `sparsejit::Attention` node (when the head size is a
+    multiple of `ctx.attention_head_multiple`, what the attention kernel needs)."""
+    uses = Uses(graph)
+    rewriter = Rewriter(graph)
+    for softmax in list(graph.nodes):
+        if softmax.op_type != "Softmax" or softmax.domain or rewriter.is_claimed(softmax):
             continue
-        found = _match(graph, uses, producers, softmax)
-        if found is None:
-            continue
-        fused, members, last = found
-        if any(id(m) in replaced for m in members):
-            continue
-        for member in members:
-            replaced[id(member)] = fused if member is last else None
-    return _rebuild(graph, replaced)
+        found = _match(graph, uses, uses.producers, softmax, ctx.attention_head_multiple)
+        if found is not None:
+            fused, members, last = found
+            rewriter.replace(members, fused, at=last)
+    return rewriter.finish()
 
 
-def _match(graph: Graph, uses: _Uses, producers: dict[str, Node], softmax: Node):
+def _match(graph: Graph, uses: Uses, producers: dict[str, Node], softmax: Node, multiple: int):
     x_info = graph.value_info.get(softmax.inputs[0])
     if x_info is None or len(x_info.shape) != 4 or softmax.attrs.get("axis", -1) not in (-1, 3):
         return None
@@ -178,7 +177,7 @@ def _match(graph: Graph, uses: _Uses, producers: dict[str, Node], softmax: Node)
     members.append(node)
     members += chain
     b, h, s, d = graph.value_info[pv.outputs[0]].shape
-    if d % 16:  # the generated kernel keeps whole 16-lane vectors of a head's columns
+    if d % multiple:
         return None
     q_src, k_src, v_src = q[0], k[0], v[0]
     for src in (q_src, k_src, v_src):

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from sparsejit.graph.fusion import _rebuild
 from sparsejit.graph.ir import Graph, Node
+from sparsejit.graph.op_traits import is_nondeterministic
+from sparsejit.graph.rewrite import Rewriter
 
-_NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                               "Multinomial", "Bernoulli"})
+NAME = "cse"
 _SMALL = 64  # constants up to this many elements compare by value
 
 
@@ -54,33 +54,35 @@ def _attrs_key(node: Node) -> Hashable | None:
 
 
 def _key(graph: Graph, node: Node) -> Hashable | None:
-    if node.op_type in _NONDETERMINISTIC and not node.domain:
+    if is_nondeterministic(node.op_type, node.domain):
         return None
     attrs = _attrs_key(node)
     inputs = tuple(_input_key(graph, n) for n in node.inputs)
     return (node.domain, node.op_type, inputs, attrs, len(node.outputs))
 
 
-def merge_duplicate_nodes(graph: Graph) -> Graph:
+def run(graph: Graph, ctx: object = None) -> Graph:
     """Drop nodes that repeat an earlier node's computation (module docstring). Modifies and returns `graph`."""
     if any(_attrs_key(node) is None for node in graph.nodes):
         return graph
     outputs = set(graph.output_names)
     kept_for: dict[str, str] = {}  # output of a dropped node -> the same value from the kept node
     first: dict[Hashable, Node] = {}
-    replaced: dict[int, Node | None] = {}
+    rewriter = Rewriter(graph)
     for node in graph.nodes:
         original = node
         if any(n in kept_for for n in node.inputs):
             node = Node(node.op_type, [kept_for.get(n, n) for n in node.inputs], list(node.outputs),
                         dict(node.attrs), node.domain, node.name)
-            replaced[id(original)] = node
         key = _key(graph, node)
         earlier = first.get(key) if key is not None else None
         if (earlier is not None and not outputs.intersection(node.outputs)
                 and all(b or not a for a, b in zip(node.outputs, earlier.outputs, strict=True))):
             kept_for.update((a, b) for a, b in zip(node.outputs, earlier.outputs, strict=True) if a)
-            replaced[id(original)] = None
-        elif key is not None:
+            rewriter.replace([original], None)
+            continue
+        if node is not original:
+            rewriter.substitute(original, node)
+        if key is not None:
             first.setdefault(key, node)
-    return _rebuild(graph, replaced)
+    return rewriter.finish()

@@ -45,6 +45,16 @@ class Node:
         return f"{self.domain or 'ai.onnx'}::{self.op_type}"
 
 
+@dataclass(frozen=True)
+class QuantSource:
+    """The 8-bit tensor, scale, zero point and axis a constant was dequantised from at folding."""
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray | None
+    axis: int
+
+
 @dataclass
 class Graph:
     """A whole model: inputs, outputs, nodes in topological order and constant tensors."""
@@ -55,6 +65,8 @@ class Graph:
     initializers: dict[str, np.ndarray]
     opsets: dict[str, int]
     value_info: dict[str, Value] = field(default_factory=dict)
+    int8_sources: dict[str, QuantSource] = field(default_factory=dict)
+    """Float initializers folded from a DequantizeLinear of an 8-bit constant, by name: their source."""
 
     @property
     def input_names(self) -> list[str]:
@@ -88,6 +100,7 @@ class Graph:
             initializers=dict(self.initializers),
             opsets=dict(self.opsets),
             value_info=dict(self.value_info),
+            int8_sources=dict(self.int8_sources),
         )
 
     def dump(self) -> str:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsejit.graph.ir import Graph
+from sparsejit.graph.op_traits import VIEW as VIEW_OPS
 
-VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
 ALIGNMENT = 64
 
 

@@ -1,4 +1,4 @@
-"""Merge an attention's Q, K and V int8 products into one product (`merge_qkv_products`).
+"""Merge an attention's Q, K and V int8 products into one product (pass `run`).
 
 The three `sparsejit::QMatMul` nodes of a self-attention read the same activation (quantised once
 already) and differ only in their weights: one product with the weights side by side ([K, 3w], per
@@ -7,12 +7,12 @@ times the column panels to balance over the threads, and leaves Q, K and V in on
 that the fused `sparsejit::Attention` reads in place (`packed_qkv`; inputs [qkv, "", "", terms...]).
 Every output element is computed exactly as before: the merged graph's outputs are bit-identical.
 
-With the AVX-512 VNNI products only buckets of at most `MAX_ROWS` rows (batch x sequence) merge:
-measured on BERT-base int8 (Zen 4, 2 threads, whole runs alternating), merged vs separate: -2 to -6 %
-at 128 rows, -4 % at 512, +-1 % at 1024, +1 to +2 % at 2048 (both the product and the attention
-reading the packed rows got a little slower there). At few rows each product is short and its launch
-and last-task imbalance weigh most. With the AMX products merging pays at every size (-3.5 % at 2048
-rows, Sapphire Rapids class): the caller passes the limit (`max_rows=None`: no limit).
+The engine says up to how many rows (batch x sequence) merging pays (`PassContext.qkv_merge_max_rows`).
+With the AVX-512 VNNI products, measured on BERT-base int8 (Zen 4, 2 threads, whole runs alternating),
+merged vs separate: -2 to -6 % at 128 rows, -4 % at 512, +-1 % at 1024, +1 to +2 % at 2048 (both the
+product and the attention reading the packed rows got a little slower there). At few rows each product
+is short and its launch and last-task imbalance weigh most. With the AMX products merging pays at every
+size (-3.5 % at 2048 rows, Sapphire Rapids class).
 
 The concatenated weight is derived once per model (memoised on the Q weight, shared by every bucket).
 """
@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsejit.graph.fusion import _rebuild, _Uses
 from sparsejit.graph.ir import Graph, Node, Value
-from sparsejit.graph.quant_fusion import DOMAIN, _add_const, _memo
+from sparsejit.graph.pass_context import PassContext
+from sparsejit.graph.rewrite import FUSED_DOMAIN as DOMAIN
+from sparsejit.graph.rewrite import Rewriter, Uses, add_constant, derived_constant
 
+NAME = "qkv_merge"
 _SAME_ATTRS = ("mode", "a_scale", "a_zero")
-MAX_ROWS = 1024
 
 
 def _column_vector(graph: Graph, name: str, n: int, dtype: np.dtype) -> np.ndarray | None:
@@ -39,7 +40,7 @@ def _column_vector(graph: Graph, name: str, n: int, dtype: np.dtype) -> np.ndarr
     return np.broadcast_to(value.reshape(-1).astype(dtype), (n,))
 
 
-def _parts(graph: Graph, producers: dict[str, Node], uses: _Uses, attention: Node,
+def _parts(graph: Graph, producers: dict[str, Node], uses: Uses, attention: Node,
            max_rows: int | None) -> list[Node] | None:
     """The three QMatMul nodes feeding q, k and v when they can become one product."""
     nodes = [producers.get(name) for name in attention.inputs[:3]]
@@ -81,28 +82,29 @@ def _merged_constants(graph: Graph, nodes: list[Node]) -> tuple[np.ndarray, np.n
         zeros.append(zero)
         biases.append(bias)
     tag = "qkv:" + ",".join(node.inputs[1] for node in nodes)
-    w = _memo(weights[0], tag, lambda: np.ascontiguousarray(np.concatenate(weights, axis=1)))
+    w = derived_constant(weights[0], tag, lambda: np.ascontiguousarray(np.concatenate(weights, axis=1)))
     return w, np.concatenate(scales), np.concatenate(zeros), np.concatenate(biases)
 
 
-def merge_qkv_products(graph: Graph, max_rows: int | None = MAX_ROWS) -> Graph:
+def run(graph: Graph, ctx: PassContext) -> Graph:
     """Replace the Q, K, V products of each fused attention by one packed product (module docstring),
-    in buckets of at most `max_rows` rows (None: every bucket)."""
-    uses = _Uses(graph)
-    producers = graph.producers()
-    replaced: dict[int, Node | None] = {}
+    in buckets of at most `ctx.qkv_merge_max_rows` rows (None: every bucket)."""
+    max_rows = ctx.qkv_merge_max_rows
+    uses = Uses(graph)
+    producers = uses.producers
+    rewriter = Rewriter(graph)
     for attention in graph.nodes:
         if attention.op_type != "Attention" or attention.domain != DOMAIN or attention.attrs.get("packed_qkv"):
             continue
         nodes = _parts(graph, producers, uses, attention, max_rows)
-        if nodes is None or any(id(n) in replaced for n in nodes):
+        if nodes is None or rewriter.is_claimed(attention) or any(rewriter.is_claimed(n) for n in nodes):
             continue
         merged = _merged_constants(graph, nodes)
         if merged is None:
             continue
         w, scale, zero, bias = merged
         base = nodes[0].name or nodes[0].outputs[0]
-        names = [_add_const(graph, f"{base}/qkv_{part}", value)
+        names = [add_constant(graph, f"{base}/qkv_{part}", value)
                  for part, value in (("weight", w), ("scale", scale), ("zero", zero), ("bias", bias))]
         out = f"{nodes[0].outputs[0]}/qkv"
         shape = graph.value_info[nodes[0].outputs[0]].shape
@@ -111,8 +113,7 @@ def merge_qkv_products(graph: Graph, max_rows: int | None = MAX_ROWS) -> Graph:
                        dict(nodes[0].attrs, activation=None), DOMAIN, f"{base}/qkv")
         packed = Node(attention.op_type, [out, "", "", *attention.inputs[3:]], list(attention.outputs),
                       dict(attention.attrs, packed_qkv=True), attention.domain, attention.name)
-        first = min(nodes, key=graph.nodes.index)
-        for node in nodes:
-            replaced[id(node)] = product if node is first else None
-        replaced[id(attention)] = packed
-    return _rebuild(graph, replaced)
+        first = min(nodes, key=rewriter.position)
+        rewriter.replace(nodes, product, at=first)
+        rewriter.substitute(attention, packed)
+    return rewriter.finish()

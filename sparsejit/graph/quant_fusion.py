@@ -1,4 +1,4 @@
-"""Quantised-graph rewrites, run on a specialised graph before the fp32 fusions (`fuse_quantized`).
+"""Quantised-graph rewrites, run on a specialised graph before the fp32 fusions (pass `run`).
 
 - `MatMulNBits` (4-bit weights) -> `MatMul` with its weight dequantised to float32 once per model
   (memoised on the source tensor, shared by every bucket), so the fp32 epilogue fusions apply.
@@ -6,7 +6,7 @@
   `DequantizeLinear(W_q)` (per-tensor or per-column) -> `sparsejit::QMatMul(x, W_q)` in static mode.
 - dynamic (quantize_dynamic's QOperator form): `DynamicQuantizeLinear(x)` -> `MatMulInteger(., W_q)`
   -> `Cast(float)` -> `Mul(., x_scale * w_scale)` -> `sparsejit::QMatMul(x, W_q)` in dynamic mode.
-- then a bias `Add`, an activation (recognised numerically, as in `fusion.py`) and a residual `Add`
+- then a bias `Add`, an activation (recognised numerically, see `epilogue`) and a residual `Add`
   after each QMatMul move into its epilogue; nodes left without consumers are removed.
 
 QMatMul inputs: [x, w_q, w_scale, w_zero | "", bias | "", residual | ""]; attrs: mode ("static" |
@@ -16,50 +16,24 @@ activation.
 
 from __future__ import annotations
 
-import threading
-import weakref
-
 import numpy as np
 
-from sparsejit.graph.fusion import _Uses, match_epilogue
-from sparsejit.graph.ir import Graph, Node, Value
-from sparsejit.graph.quant_ops import MS_DOMAIN, QuantSource, int8_source, matmulnbits_weight
+from sparsejit.errors import UnsupportedOperatorError
+from sparsejit.graph.epilogue import match_epilogue
+from sparsejit.graph.ir import Graph, Node, QuantSource
+from sparsejit.graph.quant_ops import MS_DOMAIN, matmulnbits_weight
+from sparsejit.graph.rewrite import FUSED_DOMAIN as DOMAIN
+from sparsejit.graph.rewrite import (
+    Rewriter,
+    Uses,
+    add_constant,
+    derived_constant,
+    remove_dead_nodes,
+    scalar_constant,
+)
 
-DOMAIN = "sparsejit"
+NAME = "quant_fusion"
 _FLOAT = 1  # onnx TensorProto.FLOAT
-
-_derived: dict[tuple[int, str], tuple[weakref.ref, np.ndarray]] = {}
-_derived_lock = threading.Lock()
-
-
-def _memo(source: np.ndarray, tag: str, build) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """`build()` computed once per live `source` array (weights are shared by every bucket)."""
-    key = (id(source), tag)
-    with _derived_lock:
-        entry = _derived.get(key)
-        if entry is not None and entry[0]() is source:
-            return entry[1]
-    value = build()
-
-    def forget(_ref: weakref.ref, key: tuple[int, str] = key) -> None:
-        with _derived_lock:
-            if key in _derived and _derived[key][0] is _ref:
-                del _derived[key]
-
-    with _derived_lock:
-        _derived[key] = (weakref.ref(source, forget), value)
-    return value
-
-
-def _scalar(graph: Graph, name: str) -> np.ndarray | None:
-    value = graph.initializers.get(name) if name else None
-    return value if value is not None and value.size == 1 else None
-
-
-def _add_const(graph: Graph, name: str, value: np.ndarray) -> str:
-    graph.initializers[name] = value
-    graph.value_info[name] = Value(name, value.dtype, tuple(value.shape))
-    return name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,11 +52,12 @@ def _rewrite_matmulnbits(graph: Graph) -> None:
         if b is None or scales is None or (names[2] and zeros is None) or extra:
             continue
         try:
-            w = _memo(b, f"nbits:{node.attrs.get('K')}:{node.attrs.get('N')}:{id(scales)}:{id(zeros)}",
-                      lambda node=node, b=b, scales=scales, zeros=zeros: matmulnbits_weight(node, b, scales, zeros))
-        except Exception:
-            continue
-        w_name = _add_const(graph, f"{names[0]}/float32", w)
+            w = derived_constant(
+                b, f"nbits:{node.attrs.get('K')}:{node.attrs.get('N')}:{id(scales)}:{id(zeros)}",
+                lambda node=node, b=b, scales=scales, zeros=zeros: matmulnbits_weight(node, b, scales, zeros))
+        except UnsupportedOperatorError:
+            continue  # left as it is: its lowering raises the same error, naming the node
+        w_name = add_constant(graph, f"{names[0]}/float32", w)
         graph.nodes[i] = Node("MatMul", [node.inputs[0], w_name], list(node.outputs), {}, "", node.name)
 
 
@@ -90,9 +65,11 @@ def _rewrite_matmulnbits(graph: Graph) -> None:
 # QDQ and dynamic patterns -> QMatMul
 
 
-def _weight_source(w: np.ndarray) -> QuantSource | None:
-    src = int8_source(w)
-    if src is None or src.q.shape != w.shape or w.ndim != 2:
+def _weight_source(graph: Graph, name: str) -> QuantSource | None:
+    """The 8-bit source of constant weight `name` when a product can run on it (2-D, per tensor or per column)."""
+    w = graph.initializers.get(name)
+    src = graph.int8_sources.get(name)
+    if w is None or src is None or src.q.shape != w.shape or w.ndim != 2:
         return None
     n = w.shape[1]
     if src.scale.size not in (1, n) or (src.zero is not None and src.zero.size not in (1, n)):
@@ -102,13 +79,15 @@ def _weight_source(w: np.ndarray) -> QuantSource | None:
     return src
 
 
-def _fuse_qdq(graph: Graph, producers: dict[str, Node]) -> dict[int, Node]:
-    out: dict[int, Node] = {}
-    for node in graph.nodes:
+def _fuse_qdq(graph: Graph) -> Graph:
+    """MatMul(DQ(Q(x)), W) -> QMatMul(x, W_q). The Q and DQ stay (other readers may need them); the
+    dead-node pass removes them when nothing else does."""
+    producers = graph.producers()
+    rewriter = Rewriter(graph)
+    for node in list(graph.nodes):
         if node.op_type != "MatMul" or node.domain:
             continue
-        w = graph.initializers.get(node.inputs[1])
-        src = _weight_source(w) if w is not None else None
+        src = _weight_source(graph, node.inputs[1])
         dq = producers.get(node.inputs[0])
         if src is None or dq is None or dq.op_type != "DequantizeLinear" or dq.domain:
             continue
@@ -116,9 +95,9 @@ def _fuse_qdq(graph: Graph, producers: dict[str, Node]) -> dict[int, Node]:
         if q is None or q.op_type != "QuantizeLinear" or q.domain:
             continue
         x_info = graph.value_info.get(q.inputs[0])
-        s_dq, s_q = _scalar(graph, dq.inputs[1]), _scalar(graph, q.inputs[1])
-        z_dq = _scalar(graph, dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] else None
-        z_q = _scalar(graph, q.inputs[2]) if len(q.inputs) > 2 and q.inputs[2] else None
+        s_dq, s_q = scalar_constant(graph, dq.inputs[1]), scalar_constant(graph, q.inputs[1])
+        z_dq = scalar_constant(graph, dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] else None
+        z_q = scalar_constant(graph, q.inputs[2]) if len(q.inputs) > 2 and q.inputs[2] else None
         if (x_info is None or x_info.dtype != np.float32 or s_dq is None or s_q is None
                 or float(s_dq) != float(s_q) or (z_dq is None) != (z_q is None)
                 or (z_dq is not None and int(z_dq) != int(z_q)) or len(x_info.shape) < 1):
@@ -128,18 +107,21 @@ def _fuse_qdq(graph: Graph, producers: dict[str, Node]) -> dict[int, Node]:
             continue
         a_zero = (int(z_q) if z_q is not None else 0) + (128 if q_dtype == np.int8 else 0)
         base = node.inputs[1]
-        inputs = [q.inputs[0], _add_const(graph, f"{base}/int8", src.q),
-                  _add_const(graph, f"{base}/int8_scale", src.scale.astype(np.float32)),
-                  _add_const(graph, f"{base}/int8_zero", src.zero) if src.zero is not None else "", "", ""]
-        out[id(node)] = Node("QMatMul", inputs, list(node.outputs),
-                             {"mode": "static", "a_scale": float(s_q), "a_zero": a_zero, "activation": None},
-                             DOMAIN, node.name + "/int8")
-    return out
+        inputs = [q.inputs[0], add_constant(graph, f"{base}/int8", src.q),
+                  add_constant(graph, f"{base}/int8_scale", src.scale.astype(np.float32)),
+                  add_constant(graph, f"{base}/int8_zero", src.zero) if src.zero is not None else "", "", ""]
+        rewriter.substitute(node, Node("QMatMul", inputs, list(node.outputs),
+                                       {"mode": "static", "a_scale": float(s_q), "a_zero": a_zero,
+                                        "activation": None}, DOMAIN, node.name + "/int8"))
+    return rewriter.finish()
 
 
-def _fuse_dynamic(graph: Graph, producers: dict[str, Node], uses: _Uses) -> dict[int, Node | None]:
-    out: dict[int, Node | None] = {}
-    for node in graph.nodes:
+def _fuse_dynamic(graph: Graph) -> Graph:
+    """DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scales) -> QMatMul(x, W_q) in dynamic mode."""
+    uses = Uses(graph)
+    producers = uses.producers
+    rewriter = Rewriter(graph)
+    for node in list(graph.nodes):
         if node.op_type != "MatMulInteger" or node.domain:
             continue
         dql = producers.get(node.inputs[0])
@@ -166,64 +148,38 @@ def _fuse_dynamic(graph: Graph, producers: dict[str, Node], uses: _Uses) -> dict
             continue
         fused = Node("QMatMul", [dql.inputs[0], node.inputs[1], w_scale, w_zero, "", ""], list(mul.outputs),
                      {"mode": "dynamic", "activation": None}, DOMAIN, node.name + "/int8")
-        out[id(node)] = None
-        out[id(cast)] = None
-        out[id(mul)] = fused
-    return out
+        rewriter.replace([node, cast, mul], fused, at=mul)
+    return rewriter.finish()
 
 
 # ----------------------------------------------------------------------------------------------
 # epilogues, dead code
 
 
-def _fuse_epilogues(graph: Graph) -> None:
-    uses = _Uses(graph)
-    index = {id(n): i for i, n in enumerate(graph.nodes)}
-    replaced: dict[int, Node | None] = {}
-    for node in graph.nodes:
-        if node.op_type != "QMatMul" or node.domain != DOMAIN or id(node) in replaced:
+def _fuse_epilogues(graph: Graph) -> Graph:
+    uses = Uses(graph)
+    rewriter = Rewriter(graph)
+    for node in list(graph.nodes):
+        if node.op_type != "QMatMul" or node.domain != DOMAIN or rewriter.is_claimed(node):
             continue
-        epilogue = match_epilogue(graph, uses, index, node, graph.initializers[node.inputs[1]].shape[1])
-        chain = epilogue.nodes
-        bias, activation, residual, y = epilogue.bias, epilogue.activation, epilogue.residual, epilogue.output
-        if not chain:
+        epilogue = match_epilogue(graph, uses, rewriter, node, graph.initializers[node.inputs[1]].shape[1])
+        if not epilogue.nodes:
             continue
-        inputs = list(node.inputs[:4]) + [bias, residual]
-        fused = Node("QMatMul", inputs, [y], dict(node.attrs, activation=activation), DOMAIN, node.name)
-        members = [node, *chain]
-        final = max(members, key=lambda n: index[id(n)])
-        for member in members:
-            replaced[id(member)] = fused if member is final else None
-    _apply(graph, replaced)
+        inputs = list(node.inputs[:4]) + [epilogue.bias, epilogue.residual]
+        fused = Node("QMatMul", inputs, [epilogue.output], dict(node.attrs, activation=epilogue.activation),
+                     DOMAIN, node.name)
+        rewriter.replace([node, *epilogue.nodes], fused)
+    return rewriter.finish()
 
 
-def _apply(graph: Graph, replaced: dict[int, Node | None]) -> None:
-    if replaced:
-        graph.nodes = [replaced[id(n)] if id(n) in replaced else n for n in graph.nodes
-                       if id(n) not in replaced or replaced[id(n)] is not None]
-
-
-def _remove_dead(graph: Graph) -> None:
-    needed = set(graph.output_names)
-    kept: list[Node] = []
-    for node in reversed(graph.nodes):
-        if any(o and o in needed for o in node.outputs):
-            kept.append(node)
-            needed.update(n for n in node.inputs if n)
-    graph.nodes = kept[::-1]
-    graph.initializers = {k: v for k, v in graph.initializers.items() if k in needed}
-
-
-def fuse_quantized(graph: Graph) -> Graph:
+def run(graph: Graph, ctx: object = None) -> Graph:
     """All quantised-graph rewrites (see the module docstring). Modifies and returns `graph`."""
     kinds = {(n.domain, n.op_type) for n in graph.nodes}
     if not kinds & {(MS_DOMAIN, "MatMulNBits"), ("", "DequantizeLinear"), ("", "MatMulInteger"), ("", "MatMul")}:
         return graph
     _rewrite_matmulnbits(graph)
-    producers = graph.producers()
-    _apply(graph, _fuse_qdq(graph, producers))
-    _apply(graph, _fuse_dynamic(graph, producers, _Uses(graph)))
+    graph = _fuse_qdq(graph)
+    graph = _fuse_dynamic(graph)
     if any(n.op_type == "QMatMul" and n.domain == DOMAIN for n in graph.nodes):
-        _fuse_epilogues(graph)
-        _remove_dead(graph)
+        graph = remove_dead_nodes(_fuse_epilogues(graph))
     return graph

@@ -2,22 +2,18 @@
 
 - ai.onnx `QuantizeLinear` / `DequantizeLinear` at every opset (onnx.reference only implements some
   opsets), registered as evaluation overrides so weight-only Q/DQ subgraphs fold at load. Every
-  folded `DequantizeLinear` of a constant 8-bit tensor records where its float result came from
-  (`int8_source`), so the QDQ fusion can run the MatMul it feeds on the original int8 weight.
+  folded `DequantizeLinear` of a constant 8-bit tensor is recorded in `Graph.int8_sources`
+  (`dequantized_source`), so the QDQ fusion can run the MatMul it feeds on the original int8 weight.
 - com.microsoft `MatMulNBits` (4-bit block-quantised weights), `QLinearAdd`, `QLinearMul`,
   `QLinearSoftmax` (emitted by onnxruntime's QOperator quantiser).
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
-from dataclasses import dataclass
-
 import numpy as np
 
 from sparsejit.errors import UnsupportedOperatorError
-from sparsejit.graph.ir import Node, Value
+from sparsejit.graph.ir import Node, QuantSource, Value
 from sparsejit.graph.reference import EVAL_OVERRIDES, CustomOp, register_custom_op
 
 MS_DOMAIN = "com.microsoft"
@@ -65,40 +61,16 @@ def _input(arrays: list[np.ndarray | None], i: int) -> np.ndarray | None:
 # provenance of folded DequantizeLinear results
 
 
-@dataclass(frozen=True)
-class QuantSource:
-    """The 8-bit tensor, scale, zero point and axis a folded float constant was dequantised from."""
-
-    q: np.ndarray
-    scale: np.ndarray
-    zero: np.ndarray | None
-    axis: int
-
-
-_sources: dict[int, tuple[weakref.ref, QuantSource]] = {}
-_sources_lock = threading.Lock()
-
-
-def _remember(result: np.ndarray, source: QuantSource) -> None:
-    key = id(result)
-
-    def forget(_ref: weakref.ref, key: int = key) -> None:
-        with _sources_lock:
-            entry = _sources.get(key)
-            if entry is not None and entry[0] is _ref:
-                del _sources[key]
-
-    with _sources_lock:
-        _sources[key] = (weakref.ref(result, forget), source)
-
-
-def int8_source(arr: np.ndarray) -> QuantSource | None:
-    """The 8-bit source of a float constant produced by folding DequantizeLinear, if any."""
-    with _sources_lock:
-        entry = _sources.get(id(arr))
-    if entry is None or entry[0]() is not arr:
+def dequantized_source(node: Node, arrays: list[np.ndarray | None]) -> QuantSource | None:
+    """What a DequantizeLinear of constant `arrays` reads, when its input is an 8-bit tensor (a weight):
+    recorded in `Graph.int8_sources` when the node is folded, so the QDQ fusion can run the MatMul it
+    feeds on the original int8 weight."""
+    if node.domain or node.op_type != "DequantizeLinear" or node.attrs.get("block_size", 0):
         return None
-    return entry[1]
+    x, scale, zero = arrays[0], arrays[1], _input(arrays, 2)
+    if x is None or scale is None or x.dtype not in (np.int8, np.uint8) or x.size <= 1:
+        return None
+    return QuantSource(x, np.asarray(scale, np.float32), zero, int(node.attrs.get("axis", 1)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,10 +82,7 @@ def _eval_dequantize(node: Node, arrays: list[np.ndarray | None]) -> list[np.nda
         raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "blocked quantisation")
     x, scale, zero = arrays[0], arrays[1], _input(arrays, 2)
     axis = int(node.attrs.get("axis", 1))
-    result = dequantize(x, scale, zero, axis)
-    if x.dtype in (np.int8, np.uint8) and x.size > 1:
-        _remember(result, QuantSource(x, np.asarray(scale, np.float32), None if zero is None else zero, axis))
-    return [result]
+    return [dequantize(x, scale, zero, axis)]
 
 
 def _eval_quantize(node: Node, arrays: list[np.ndarray | None]) -> list[np.ndarray]:

@@ -12,6 +12,8 @@ import numpy as np
 
 from sparsejit.errors import ShapeError
 from sparsejit.graph.ir import Graph, Node, Value
+from sparsejit.graph.op_traits import foldable
+from sparsejit.graph.quant_ops import dequantized_source
 from sparsejit.graph.reference import evaluate, infer_outputs
 
 # Folding these would materialise large tensors from small ones for no gain.
@@ -26,6 +28,13 @@ def _fold_node(graph: Graph, node: Node, consts: dict[str, np.ndarray]) -> bool:
     for name, arr in zip(node.outputs, results, strict=False):
         if name:
             consts[name] = arr
+    source = dequantized_source(node, arrays)
+    if source is not None:
+        graph.int8_sources[node.outputs[0]] = source
+    for name, arr in zip(node.outputs, results, strict=False):  # an op passing a dequantised input through
+        for src_name, src_arr in zip(node.inputs, arrays, strict=True):
+            if name and arr is src_arr and src_name in graph.int8_sources:
+                graph.int8_sources[name] = graph.int8_sources[src_name]
     return True
 
 
@@ -35,16 +44,12 @@ def fold_constants(graph: Graph) -> Graph:
     consts = dict(out.initializers)
     kept: list[Node] = []
     for node in out.nodes:
-        if node.op_type in _SHAPE_SENSITIVE or not _fold_node(out, node, consts):
+        if not foldable(node.op_type, node.domain) or not _fold_node(out, node, consts):
             kept.append(node)
     out.nodes = kept
     out.initializers = _used_constants(kept, out.outputs, consts)
     return out
 
-
-# Random generators are not constant even when their inputs are.
-_SHAPE_SENSITIVE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                    "Bernoulli", "Dropout"}
 
 
 def _used_constants(nodes: list[Node], outputs: list[Value], consts: dict[str, np.ndarray]):
@@ -81,7 +86,7 @@ def specialise(graph: Graph, input_shapes: dict[str, tuple[int, ...]]) -> Graph:
             node = _dropout_to_identity(node)
         if _fold_shape_query(node, values, consts):
             continue
-        if node.op_type not in _SHAPE_SENSITIVE and _fold_node(out, node, consts):
+        if foldable(node.op_type, node.domain) and _fold_node(out, node, consts):
             for name in node.outputs:
                 if name:
                     values[name] = Value(name, consts[name].dtype, tuple(consts[name].shape))

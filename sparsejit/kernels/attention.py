@@ -21,6 +21,7 @@ import numpy as np
 
 from sparsejit.kernels.codegen import load_generated
 
+HEAD_MULTIPLE = 16  # head sizes the kernel runs: whole 16-lane vectors of a head's columns
 _ROWS = 12  # query rows per block (QKᵀ tile: 12 rows x 32 keys = 24 accumulators)
 _PV_ACC = 24  # accumulators of a P·V tile (rows x head_size/16 vectors)
 
@@ -133,9 +134,9 @@ def _source(d: int, block_rows: int = _ROWS) -> str:
 
 
 def attention_kernel(head_size: int, block_rows: int = _ROWS):
-    """The compiled kernel for `head_size` (a multiple of 16) and query rows per block."""
-    if head_size % 16:
-        raise ValueError("generated attention needs a head size that is a multiple of 16")
+    """The compiled kernel for `head_size` (a multiple of `HEAD_MULTIPLE`) and query rows per block."""
+    if head_size % HEAD_MULTIPLE:
+        raise ValueError(f"generated attention needs a head size that is a multiple of {HEAD_MULTIPLE}")
     return load_generated(f"attention_d{head_size}_r{block_rows}", _source(head_size, block_rows)).attention
 
 

@@ -59,6 +59,19 @@ def set_threads(num_threads: int | None) -> int:
     return n
 
 
+@contextmanager
+def thread_count(num_threads: int | None) -> Iterator[int]:
+    """Within the block the calling thread runs parallel kernels on `num_threads` (None: all cores), so
+    kernels timed or sized in it are timed and sized for that count; the previous count is restored."""
+    configure_threading()
+    old = numba.get_num_threads()
+    n = set_threads(num_threads)
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(old)
+
+
 _raw_set_chunksize: Any = None
 
 

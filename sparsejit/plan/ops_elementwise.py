@@ -1,7 +1,9 @@
 """Elementwise operators: each is a scalar expression template compiled into a generated kernel.
 
-Operands arrive as strings: `{i}` for the i-th run-time input or a literal for a scalar constant,
-so `Div(x, 8.0)` becomes the kernel expression `({0} / np.float32(8.0))`.
+Operands arrive as `Operand`s, names of kernel variables: `a{k}` for the element of the k-th run-time
+array, `c{k}` for the k-th scalar constant (a kernel argument, its value in `Operand.value`), `t{k}`
+for an intermediate of a fused chain. `Div(x, 8.0)` becomes `(a0 / c0)` with `c0 = np.float32(8.0)`
+passed at run time, so every layer dividing by its own constant shares one compiled kernel.
 """
 
 from __future__ import annotations
@@ -11,10 +13,22 @@ from collections.abc import Callable
 import numpy as np
 
 from sparsejit.graph.ir import Node
-from sparsejit.kernels.elementwise import elementwise_step
+from sparsejit.kernels.elementwise import ElementwiseProgram, elementwise_step
 from sparsejit.plan.lowering import LowerContext, Step, lowers
 
-Expr = Callable[[Node, list[str], list[np.dtype], np.dtype], str]
+
+class Operand(str):
+    """A kernel variable name; `value` is the constant it holds, for a scalar constant (else None)."""
+
+    value: np.generic | None
+
+    def __new__(cls, name: str, value: np.generic | None = None) -> Operand:
+        obj = super().__new__(cls, name)
+        obj.value = value
+        return obj
+
+
+Expr = Callable[[Node, list[Operand], list[np.dtype], np.dtype], str]
 
 
 def _is_int(dt: np.dtype) -> bool:
@@ -37,10 +51,11 @@ def _div(node, x, dts, out):
     return f"_idiv({x[0]}, {x[1]})" if _is_int(dts[0]) else f"({x[0]} / {x[1]})"
 
 
-def _pow(node, x, dts, out):
-    if x[1] in ("np.float32(2.0)", "np.float64(2.0)", "np.int64(2)", "np.int32(2)"):
+def _pow(node, x, dts, out):  # the exponents LayerNorm and GELU spellings use, as the cheap operations
+    exponent = getattr(x[1], "value", None)
+    if exponent is not None and exponent == 2:
         return f"({x[0]} * {x[0]})"
-    if x[1] in ("np.float32(0.5)", "np.float64(0.5)"):
+    if exponent is not None and exponent == 0.5:
         return f"math.sqrt({x[0]})"
     return f"({x[0]} ** {x[1]})"
 
@@ -143,73 +158,63 @@ _NP_SCALAR = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.floa
               np.dtype(np.uint8): "np.uint8", np.dtype(np.int16): "np.int16"}
 
 
-def scalar_literal(value: np.ndarray) -> str | None:
-    """Source text for a scalar constant, or None if it cannot be inlined."""
-    value = np.asarray(value)
-    if value.size != 1:
-        return None
-    item = value.reshape(()).item()
-    if value.dtype == np.bool_:
-        return repr(bool(item))
-    ctor = _NP_SCALAR.get(value.dtype)
-    if ctor is None:
-        return None
-    if isinstance(item, float) and not np.isfinite(item):
-        return f"{ctor}({'np.nan' if np.isnan(item) else ('np.inf' if item > 0 else '-np.inf')})"
-    return f"{ctor}({item!r})"
+_SCALAR_ARGUMENT_TYPES = frozenset(map(np.dtype, (np.float32, np.float64, np.int64, np.int32, np.int16, np.int8,
+                                                  np.uint8, np.bool_)))
 
 
-def _operands(names: list[str], ctx: LowerContext, out: np.ndarray,
-              runtime: list[np.ndarray]) -> dict[str, str]:
-    """Operand text for each input name: an inlined scalar literal or `{k}`, the k-th run-time array
-    (appended to `runtime`; it broadcasts to the output shape)."""
-    text: dict[str, str] = {}
+def _operands(names: list[str], ctx: LowerContext, runtime: list[np.ndarray],
+              scalars: list[np.generic]) -> dict[str, Operand]:
+    """An operand for each input name: a scalar constant becomes a kernel argument `c{k}` (appended
+    to `scalars`), anything else the k-th run-time array `a{k}` (appended to `runtime`; it broadcasts
+    to the output shape)."""
+    operand: dict[str, Operand] = {}
     for name in names:
-        if not name or name in text:
+        if not name or name in operand:
             continue
         const = ctx.const(name)
-        literal = scalar_literal(const) if const is not None else None
-        if literal is not None:
-            text[name] = literal
+        if const is not None and const.size == 1 and const.dtype in _SCALAR_ARGUMENT_TYPES:
+            value = np.asarray(const).reshape(()).item()
+            scalar = np.asarray(const).dtype.type(value)
+            operand[name] = Operand(f"c{len(scalars)}", scalar)
+            scalars.append(scalar)
             continue
-        text[name] = "{" + str(len(runtime)) + "}"
-        runtime.append(ctx.operand(name))  # broadcast to `out` by the kernel
-    return text
+        operand[name] = Operand(f"a{len(runtime)}")
+        runtime.append(ctx.operand(name))  # broadcast to the output by the kernel
+    return operand
 
 
-def node_expression(node: Node, ctx: LowerContext, operand: dict[str, str], expr_fn: Expr | None = None) -> str:
-    """The scalar expression computing `node`'s output from its operands' expressions."""
+def node_expression(node: Node, ctx: LowerContext, operand: dict[str, Operand], expr_fn: Expr | None = None) -> str:
+    """The scalar expression computing `node`'s output from its operands."""
     expr_fn = expr_fn or ELEMENTWISE[node.op_type]
     inputs = node.inputs[:1] if node.op_type == "CastLike" else node.inputs
-    x = [operand[name] if name else "" for name in inputs]
+    x = [operand[name] if name else Operand("") for name in inputs]
     dtypes = [ctx.dtype(name) if name in ctx.graph.value_info else np.dtype(np.float32) for name in inputs]
     return expr_fn(node, x, dtypes, ctx.dtype(node.outputs[0]))
-
-
-def _kernel_step(expr: str, runtime: list[np.ndarray], out: np.ndarray) -> Step:
-    return elementwise_step(expr, runtime, out)
 
 
 def lower_elementwise(node: Node, ctx: LowerContext, expr_fn: Expr | None = None) -> Step:
     """Lower an elementwise node (or any node given its expression builder `expr_fn`)."""
     out = ctx.array(node.outputs[0])
     runtime: list[np.ndarray] = []
+    scalars: list[np.generic] = []
     inputs = node.inputs[:1] if node.op_type == "CastLike" else node.inputs
-    operand = _operands(inputs, ctx, out, runtime)
-    return _kernel_step(node_expression(node, ctx, operand, expr_fn), runtime, out)
+    operand = _operands(inputs, ctx, runtime, scalars)
+    program = ElementwiseProgram((), node_expression(node, ctx, operand, expr_fn))
+    return elementwise_step(program, runtime, out, scalars)
 
 
 @lowers("FusedElementwise", domain="sparsejit")
 def lower_fused_elementwise(node: Node, ctx: LowerContext) -> Step:
-    """One generated kernel for a whole chain: inner results are inlined as sub-expressions."""
+    """One generated kernel for a whole chain: each inner result is bound once to a temporary."""
     out = ctx.array(node.outputs[0])
     runtime: list[np.ndarray] = []
-    operand = _operands(node.inputs, ctx, out, runtime)
-    expr = ""
-    for inner in node.attrs["nodes"]:
-        expr = node_expression(inner, ctx, operand)
-        operand[inner.outputs[0]] = f"({expr})"
-    return _kernel_step(expr, runtime, out)
+    scalars: list[np.generic] = []
+    operand = _operands(node.inputs, ctx, runtime, scalars)
+    lines = []
+    for i, inner in enumerate(node.attrs["nodes"]):
+        lines.append(f"t{i} = {node_expression(inner, ctx, operand)}")
+        operand[inner.outputs[0]] = Operand(f"t{i}")
+    return elementwise_step(ElementwiseProgram(tuple(lines), f"t{len(lines) - 1}"), runtime, out, scalars)
 
 
 for _op in ELEMENTWISE:

@@ -89,14 +89,9 @@ def _const_scalar(ctx: LowerContext, node: Node, index: int) -> np.float32 | Non
 
 
 def _quant_expr(value: str, scale: str, zero: str, dtype: np.dtype) -> str:
-    """saturate(rint(value / scale) + zero) the way MLAS computes it: the quotient is clamped to
-    [lo - zero, hi - zero] by non-NaN-propagating max/min first (so NaN, e.g. -inf / inf, gives lo)."""
+    """saturate(rint(value / scale) + zero) the way MLAS computes it (the kernel helper `_quantize`)."""
     lo, hi = _QRANGE[np.dtype(dtype)]
-    t = f"({value} / {scale})"
-    low, high = f"(np.float32({lo}) - {zero})", f"(np.float32({hi}) - {zero})"
-    t = f"({t} if {t} > {low} else {low})"
-    t = f"({t} if {t} < {high} else {high})"
-    return f"{_CTOR[np.dtype(dtype)]}(np.rint({t}) + {zero})"
+    return f"{_CTOR[np.dtype(dtype)]}(_quantize({value}, {scale}, {zero}, np.float32({lo}), np.float32({hi})))"
 
 
 def _out_qdtype(node: Node, ctx: LowerContext) -> np.dtype:
@@ -122,7 +117,7 @@ def _dequantize_expression(node: Node, x: list[str], dtypes: list[np.dtype], out
     return f"((np.float32({x[0]}) - {zero}) * np.float32({x[1]}))"
 
 
-# what `graph.fusion` lets join elementwise chains (its `_is_elementwise`): one expression for the fused
+# what `graph.elementwise_chains` lets join chains (`joins_chains`): one expression for the fused
 # and the standalone forms, so a fused Q -> DQ pair gives the same bits
 ELEMENTWISE["QuantizeLinear"] = _quantize_expression
 ELEMENTWISE["DequantizeLinear"] = _dequantize_expression

@@ -10,7 +10,8 @@ import time
 import numpy as np
 
 from sparsejit.graph.ir import Graph
-from sparsejit.graph.memory import VIEW_OPS, plan_memory
+from sparsejit.graph.memory import plan_memory
+from sparsejit.graph.op_traits import VIEW as VIEW_OPS
 from sparsejit.plan import ops_attention, ops_elementwise, ops_nn, ops_quant, ops_tensor  # noqa: F401  (register lowerings)
 from sparsejit.plan.lowering import LowerContext, check_supported, lower, lowers
 

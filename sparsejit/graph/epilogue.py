@@ -1,0 +1,123 @@
+"""The epilogue pattern after a matrix product: bias Add, activation, residual Add.
+
+Shared by the fp32 (`matmul_epilogue`) and int8 (`quant_fusion`) product fusions. The activation is
+recognised by what it computes, not how it is spelled: the elementwise subgraph after the bias is
+evaluated on sample points and compared with GELU (erf and tanh forms) and ReLU, so every exporter's
+way of writing GELU matches. Nodes a `Rewriter` has already claimed are never matched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sparsejit.graph.ir import Graph, Node, Value
+from sparsejit.graph.op_traits import is_elementwise
+from sparsejit.graph.reference import evaluate
+from sparsejit.graph.rewrite import Rewriter, Uses, scalar_constant
+
+_SAMPLES = np.concatenate([np.linspace(-8.0, 8.0, 321), [-30.0, -1e-3, 0.0, 1e-3, 30.0]]).astype(np.float32)
+_ACTIVATIONS = {
+    "gelu_erf": lambda x: 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0))),
+    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))),
+    "relu": lambda x: np.maximum(x, 0.0),
+}
+_WINDOW = 16  # an activation's nodes follow its product within this many nodes (exporters keep them together)
+
+
+@dataclass
+class Epilogue:
+    """What follows a matrix product and can run in its epilogue: bias, activation, residual."""
+
+    nodes: list[Node] = field(default_factory=list)
+    output: str = ""
+    bias: str = ""
+    activation: str | None = None
+    residual: str = ""
+
+
+def match_epilogue(graph: Graph, uses: Uses, rewriter: Rewriter, product: Node, n_cols: int) -> Epilogue:
+    """Bias Add (constant [N], stored as a new writable [N] initializer), then an activation recognised
+    numerically, then a residual Add of a same-shaped float32 tensor — each optional, in that order,
+    none of them a node `rewriter` has claimed."""
+    found = Epilogue([], product.outputs[0])
+
+    def next_free(name: str) -> Node | None:
+        node = uses.sole_consumer(name)
+        return None if node is None or rewriter.is_claimed(node) or node.domain else node
+
+    nxt = next_free(found.output)
+    if nxt is not None and nxt.op_type == "Add":
+        other = nxt.inputs[1] if nxt.inputs[0] == found.output else nxt.inputs[0]
+        value = graph.initializers.get(other)
+        if (value is not None and value.size == n_cols and value.shape[-1:] == (n_cols,)
+                and value.dtype == np.float32):
+            found.bias = f"{product.name}/bias"
+            graph.initializers[found.bias] = np.array(value.reshape(n_cols), dtype=np.float32)  # writable copy
+            graph.value_info[found.bias] = Value(found.bias, np.dtype(np.float32), (n_cols,))
+            found.nodes.append(nxt)
+            found.output = nxt.outputs[0]
+    last = found.nodes[-1] if found.nodes else product
+    act = _match_activation(graph, uses, rewriter, rewriter.position(last), found.output)
+    if act is not None:
+        found.activation, act_nodes = act
+        found.nodes.extend(act_nodes)
+        found.output = act_nodes[-1].outputs[0]
+    nxt = next_free(found.output)
+    if nxt is not None and nxt.op_type == "Add" and nxt.inputs[0] != nxt.inputs[1]:
+        other = nxt.inputs[1] if nxt.inputs[0] == found.output else nxt.inputs[0]
+        info = graph.value_info.get(other)
+        if (other not in graph.initializers and info is not None and info.dtype == np.float32
+                and tuple(info.shape) == tuple(graph.value_info[found.output].shape)):
+            found.residual = other
+            found.nodes.append(nxt)
+            found.output = nxt.outputs[0]
+    return found
+
+
+def _match_activation(graph: Graph, uses: Uses, rewriter: Rewriter, start: int,
+                      y: str) -> tuple[str, list[Node]] | None:
+    """The largest closed elementwise subgraph f(y) right after `start` that computes a known activation."""
+    produced = {y}
+    members: list[Node] = []
+    best: tuple[str, list[Node]] | None = None
+    for node in graph.nodes[start + 1: start + _WINDOW]:
+        if not is_elementwise(node.op_type, node.domain) or rewriter.is_claimed(node):
+            continue
+        inputs = [n for n in node.inputs if n]
+        if not any(n in produced for n in inputs):
+            continue
+        if not all(n in produced or scalar_constant(graph, n) is not None for n in inputs):
+            break
+        members.append(node)
+        produced.update(o for o in node.outputs if o)
+        escaping = [v for v in produced
+                    if v in uses.graph_outputs or any(c not in members for c in uses.consumers.get(v, []))]
+        if escaping == [node.outputs[0]]:
+            name = _identify(graph, members, y)
+            if name is not None:
+                best = (name, list(members))
+    return best
+
+
+def _identify(graph: Graph, members: list[Node], y: str) -> str | None:
+    values: dict[str, np.ndarray] = {y: _SAMPLES}
+    with np.errstate(all="ignore"):
+        for node in members:
+            args = [values[n] if n in values else graph.initializers.get(n) if n else None for n in node.inputs]
+            if any(n and a is None for n, a in zip(node.inputs, args, strict=True)):
+                return None
+            outs = evaluate(node, graph.opset(node.domain), args)
+            values.update(zip(node.outputs, outs, strict=False))
+        got = values[members[-1].outputs[0]]
+    if got.shape != _SAMPLES.shape or not np.issubdtype(got.dtype, np.floating):
+        return None
+    got = got.astype(np.float64)
+    x = _SAMPLES.astype(np.float64)
+    for name, fn in _ACTIVATIONS.items():
+        ref = fn(x)
+        if np.all(np.abs(got - ref) <= 1e-5 * (1.0 + np.abs(ref))):
+            return name
+    return None

@@ -1,0 +1,168 @@
+"""Graph passes on small hand-built graphs: Before -> Expected (the style of TVM's pass tests), and
+the rewrite infrastructure they stand on."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx import numpy_helper as nh
+
+import sparsejit
+from sparsejit.graph import elementwise_chains, matmul_epilogue, quant_fusion
+from sparsejit.graph.ir import Graph, Node, Value
+from sparsejit.graph.onnx_import import load_onnx
+from sparsejit.graph.passes import PASSES
+from sparsejit.graph.rewrite import GraphRewriteError, Rewriter, check_well_formed, remove_dead_nodes
+from sparsejit.graph.specialise import fold_constants, specialise
+
+RNG = np.random.default_rng(7)
+F32 = np.dtype(np.float32)
+
+
+def _structure(graph: Graph) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """(op, inputs, outputs) of every node, with generated names (bias copies) shown by their role."""
+    out = []
+    for n in graph.nodes:
+        inputs = tuple("<bias>" if name.endswith("/bias") else name for name in n.inputs)
+        out.append((n.op_type, inputs, tuple(n.outputs)))
+    return out
+
+
+def _graph(nodes: list[Node], inputs: dict[str, tuple[int, ...]], outputs: list[str],
+           consts: dict[str, np.ndarray]) -> Graph:
+    graph = Graph([Value(k, F32, s) for k, s in inputs.items()], [Value(o, F32, None) for o in outputs], nodes,
+                  dict(consts), {"": 17})
+    return specialise(graph, inputs)
+
+
+def _w(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+# ---- rewrite infrastructure -------------------------------------------------------------------
+
+
+def test_a_node_can_be_claimed_only_once() -> None:
+    a, b, c = (Node("Relu", [x], [y]) for x, y in (("x", "a"), ("a", "b"), ("b", "c")))
+    graph = Graph([Value("x", F32, (2,))], [Value("c", F32, (2,))], [a, b, c], {}, {"": 17})
+    rewriter = Rewriter(graph)
+    assert rewriter.replace([a, b], Node("Fused", ["x"], ["b"]))
+    assert not rewriter.replace([b, c], Node("Fused", ["a"], ["c"]))  # b is taken: refused, nothing changed
+    assert not rewriter.is_claimed(c)
+    assert [n.op_type for n in rewriter.finish().nodes] == ["Fused", "Relu"]
+
+
+def test_an_ill_formed_graph_is_reported_with_the_pass() -> None:
+    graph = Graph([Value("x", F32, (2,))], [Value("y", F32, (2,))],
+                  [Node("Relu", ["a1"], ["y"], name="r")], {}, {"": 17})
+    with pytest.raises(GraphRewriteError, match=r"reads 'a1'.*after pass 'demo'"):
+        check_well_formed(graph, after="demo")
+
+
+def test_dead_nodes_and_their_constants_are_removed() -> None:
+    graph = Graph([Value("x", F32, (2,))], [Value("y", F32, (2,))],
+                  [Node("Add", ["x", "c"], ["dead"]), Node("Relu", ["x"], ["y"])], {"c": _w(2)}, {"": 17})
+    graph = remove_dead_nodes(graph)
+    assert _structure(graph) == [("Relu", ("x",), ("y",))] and not graph.initializers
+
+
+# ---- matmul_epilogue ----------------------------------------------------------------------------
+
+
+def test_two_products_summed_by_one_add_each_fuse_once() -> None:
+    """(x@W1+b1) + (x@W2+b2): both products' epilogues reach the final Add; only one may take it."""
+    before = _graph([Node("MatMul", ["x", "W1"], ["m1"], name="mm1"), Node("Add", ["m1", "b1"], ["a1"]),
+                     Node("MatMul", ["x", "W2"], ["m2"], name="mm2"), Node("Add", ["m2", "b2"], ["a2"]),
+                     Node("Add", ["a1", "a2"], ["y"])],
+                    {"x": (4, 8)}, ["y"], {"W1": _w(8, 16), "W2": _w(8, 16), "b1": _w(16), "b2": _w(16)})
+    after = matmul_epilogue.run(before, None)
+    expected = [("FusedMatMul", ("x", "W2", "<bias>", ""), ("a2",)),
+                ("FusedMatMul", ("x", "W1", "<bias>", "a2"), ("y",))]
+    assert _structure(after) == expected
+    check_well_formed(after)
+
+
+def test_an_add_feeding_two_consumers_is_not_taken_as_residual() -> None:
+    before = _graph([Node("MatMul", ["x", "W"], ["m"]), Node("Add", ["m", "b"], ["a"]),
+                     Node("Relu", ["a"], ["r1"]), Node("Sigmoid", ["a"], ["r2"])],
+                    {"x": (4, 8)}, ["r1", "r2"], {"W": _w(8, 16), "b": _w(16)})
+    after = matmul_epilogue.run(before, None)
+    assert _structure(after) == [("FusedMatMul", ("x", "W", "<bias>", ""), ("a",)),
+                                 ("Relu", ("a",), ("r1",)), ("Sigmoid", ("a",), ("r2",))]
+
+
+# ---- quant_fusion -------------------------------------------------------------------------------
+
+
+def _qdq_product(x: str, name: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    wq = RNG.integers(-127, 128, (8, 16)).astype(np.int8)
+    nodes = [oh.make_node("QuantizeLinear", [x, "xs", "xz"], [f"{name}_q"]),
+             oh.make_node("DequantizeLinear", [f"{name}_q", "xs", "xz"], [f"{name}_dq"]),
+             oh.make_node("DequantizeLinear", [f"{name}_wq", f"{name}_ws"], [f"{name}_w"]),
+             oh.make_node("MatMul", [f"{name}_dq", f"{name}_w"], [f"{name}_m"]),
+             oh.make_node("Add", [f"{name}_m", f"{name}_b"], [f"{name}_a"])]
+    inits = [nh.from_array(wq, f"{name}_wq"), nh.from_array(np.array(0.02, np.float32), f"{name}_ws"),
+             nh.from_array(_w(16), f"{name}_b")]
+    return nodes, inits
+
+
+def test_two_int8_products_summed_by_one_add_match_onnxruntime(tmp_path) -> None:
+    n1, i1 = _qdq_product("x", "p1")
+    n2, i2 = _qdq_product("x", "p2")
+    nodes = n1 + n2 + [oh.make_node("Add", ["p1_a", "p2_a"], ["y"])]
+    inits = i1 + i2 + [nh.from_array(np.array(0.05, np.float32), "xs"), nh.from_array(np.array(128, np.uint8), "xz")]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])], inits)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    ir = quant_fusion.run(specialise(fold_constants(load_onnx(str(path))), {"x": (4, 8)}), None)
+    check_well_formed(ir)
+    assert [n.op_type for n in ir.nodes] == ["QMatMul", "QMatMul"]
+    x = RNG.standard_normal((4, 8)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(str(path), so).run(None, {"x": x})[0]
+    got = sparsejit.compile(str(path), input_shapes={"x": (4, 8)}).run({"x": x})["y"]
+    # the int8 products are exact; the float epilogue (scale, bias, sum) rounds differently: a few ulp
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_the_five_node_graph_matches_onnxruntime(tmp_path) -> None:
+    w1, w2, b1, b2 = _w(8, 16), _w(8, 16), _w(16), _w(16)
+    nodes = [oh.make_node("MatMul", ["x", "W1"], ["m1"]), oh.make_node("Add", ["m1", "b1"], ["a1"]),
+             oh.make_node("MatMul", ["x", "W2"], ["m2"]), oh.make_node("Add", ["m2", "b2"], ["a2"]),
+             oh.make_node("Add", ["a1", "a2"], ["y"])]
+    inits = [nh.from_array(v, k) for k, v in (("W1", w1), ("W2", w2), ("b1", b1), ("b2", b2))]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16])], inits)
+    path = tmp_path / "five.onnx"
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+    x = RNG.standard_normal((4, 8)).astype(np.float32)
+    ref = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    got = sparsejit.compile(str(path), input_shapes={"x": (4, 8)}).run({"x": x})["y"]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)  # fp32 sums of 8 products, reordered
+
+
+# ---- elementwise_chains -------------------------------------------------------------------------
+
+
+def test_a_chain_fuses_and_a_value_read_twice_ends_it() -> None:
+    before = _graph([Node("Mul", ["x", "s"], ["a"]), Node("Tanh", ["a"], ["b"]), Node("Add", ["b", "x"], ["c"]),
+                     Node("Exp", ["c"], ["d"]), Node("Neg", ["c"], ["e"]), Node("Add", ["d", "e"], ["y"])],
+                    {"x": (2, 3)}, ["y"], {"s": np.array(0.5, np.float32)})
+    after = elementwise_chains.run(before, None)
+    got = [(n.op_type, tuple(n.inputs), tuple(n.outputs)) for n in after.nodes]
+    assert got == [("FusedElementwise", ("x", "s"), ("c",)), ("Neg", ("c",), ("e",)),
+                   ("FusedElementwise", ("c", "e"), ("y",))]  # Exp joins the Add that reads it; Neg cannot join too
+    assert [n.op_type for n in after.nodes[0].attrs["nodes"]] == ["Mul", "Tanh", "Add"]
+    assert [n.op_type for n in after.nodes[2].attrs["nodes"]] == ["Exp", "Add"]
+
+
+def test_every_pass_module_has_a_name_and_run() -> None:
+    names = [module.NAME for module in PASSES]
+    assert len(set(names)) == len(names) and all(callable(module.run) for module in PASSES)
