@@ -31,9 +31,11 @@ def _route_numba_cache() -> None:
     import numba
 
     from sparsejit.kernels.codegen import cache_root
+    from sparsejit.kernels.target import host_target
 
     sources = sorted((Path(__file__).parent / "kernels").glob("*.py"))
-    digest = hashlib.sha1(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:12]
+    digest = hashlib.sha1(b"".join(p.name.encode() + p.read_bytes() for p in sources)
+                          + host_target().cache_tag.encode()).hexdigest()[:12]
     numba.config.CACHE_DIR = str(cache_root() / "numba" / digest)
 
 

@@ -42,3 +42,7 @@ class SequenceTooLongError(InvalidInputError):
 
 class BatchTooLargeError(InvalidInputError):
     """An input batch is larger than the engine's batch size."""
+
+
+class CPUFeatureError(SparsejitError, RuntimeError):
+    """The model, precision or target asked for needs an instruction-set feature this CPU lacks."""

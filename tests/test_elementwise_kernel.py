@@ -50,3 +50,38 @@ def test_float32_erf_accuracy_and_special_values() -> None:
                     for v in x])
     assert np.isnan(got[-1])
     np.testing.assert_allclose(got[:-1], ref[:-1], rtol=0, atol=5e-7)
+
+
+def test_every_elementwise_op_of_the_traits_table_has_a_kernel_expression() -> None:
+    """The graph fuses what `op_traits.ELEMENTWISE` lists; the lowering must have an expression for each."""
+    from sparsejit.graph import op_traits
+    from sparsejit.plan.ops_elementwise import ELEMENTWISE
+
+    assert set(op_traits.ELEMENTWISE) <= set(ELEMENTWISE), set(op_traits.ELEMENTWISE) - set(ELEMENTWISE)
+
+
+def test_one_kernel_serves_chains_that_differ_only_in_their_constants(tmp_path) -> None:
+    """Constants are kernel arguments, not literals: two chains x * s + z with other s, z (two layers)
+    compile to one kernel, and each still computes with its own constants (checked against onnxruntime)."""
+    import onnxruntime as ort
+
+    from sparsejit.kernels import codegen
+
+    nodes, inits = [], []
+    for i, (s, z) in enumerate(((0.5, 1.0), (0.25, -3.0))):
+        nodes += [oh.make_node("Mul", ["x", f"s{i}"], [f"m{i}"]), oh.make_node("Add", [f"m{i}", f"z{i}"], [f"y{i}"])]
+        inits += [nh.from_array(np.array(s, np.float32), f"s{i}"), nh.from_array(np.array(z, np.float32), f"z{i}")]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [3, 5])],
+                          [oh.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [3, 5]) for i in range(2)], inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+    before = set(codegen._loaded)
+    engine = sparsejit.compile(str(path), input_shapes={"x": (3, 5)})
+    new = [name for name in set(codegen._loaded) - before if name.startswith("sparsejit_gen_ew_")]
+    x = np.linspace(-2, 2, 15, dtype=np.float32).reshape(3, 5)
+    got, ref = engine.run({"x": x}), ort.InferenceSession(str(path)).run(None, {"x": x})
+    for i in range(2):
+        np.testing.assert_array_equal(got[f"y{i}"], ref[i])  # one multiply, one add: exact
+    assert len(new) <= 1  # 0 when an earlier test of this process loaded the same kernel
+    loaded = [name for name in codegen._loaded if name.startswith("sparsejit_gen_ew_")]
+    assert not any("0.25" in open(codegen._loaded[n].__file__).read() for n in loaded)

@@ -87,15 +87,16 @@ def test_amx_off_switch_and_typed_refusal(monkeypatch: pytest.MonkeyPatch) -> No
 def test_amx_check_asks_llvm_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unbound int8 products ask `amx_usable()` per call (the load-time kernel timing runs them so):
     querying LLVM's host features each time cost ~400 us a call and made that timing pick 4x1-sparse
-    kernels the model then ran slower than the dense AMX ones."""
-    from sparsejit.kernels import simd_amx
+    kernels the model then ran slower than the dense AMX ones. The features are read once per process
+    (`target.host_target`)."""
+    from sparsejit.kernels import simd_amx, target
 
     calls: list[int] = []
-    real = simd_amx.llvm_binding.get_host_cpu_features
-    monkeypatch.setattr(simd_amx.llvm_binding, "get_host_cpu_features", lambda: calls.append(1) or real())
-    simd_amx._host_has_amx.cache_clear()
+    real = target._host_features
+    monkeypatch.setattr(target, "_host_features", lambda: calls.append(1) or real())
+    target.host_target.cache_clear()
     try:
         answers = {simd_amx._host_has_amx() for _ in range(5)}
     finally:
-        simd_amx._host_has_amx.cache_clear()
+        target.host_target.cache_clear()
     assert len(answers) == 1 and len(calls) == 1

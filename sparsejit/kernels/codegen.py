@@ -22,6 +22,7 @@ import numba
 
 import sparsejit
 from sparsejit.kernels import cache_guard
+from sparsejit.kernels.target import host_target
 
 cache_guard.install()
 
@@ -36,13 +37,12 @@ def cache_root() -> Path:
 
 
 def kernel_dir() -> Path:
-    """Directory of generated kernel modules for this library version, Numba version and CPU."""
+    """Directory of generated kernel modules for this library version, Numba version, CPU and target level."""
     from llvmlite import binding
 
-    cpu = binding.get_host_cpu_name()
     features = hashlib.sha1(binding.get_host_cpu_features().flatten().encode()).hexdigest()[:8]
     tag = f"sparsejit{sparsejit.__version__}-numba{numba.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
-    return cache_root() / "kernels" / f"{tag}-{cpu}-{features}"
+    return cache_root() / "kernels" / f"{tag}-{host_target().cache_tag}-{features}"
 
 
 def load_generated(name: str, source: str) -> ModuleType:

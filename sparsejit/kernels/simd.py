@@ -32,6 +32,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from sparsejit.kernels.target import host_target
+
 __all__ = [
     "Vec16f", "Vec16i", "vec16f", "vec16i",
     "vzero", "vbroadcast", "vload", "vload_a", "vload_bcast", "vload_mask",
@@ -472,8 +474,23 @@ def vdpbusd(typingctx, acc, a, b):
         return None
 
     def codegen(context, builder, sig, args):
-        return _call_intrinsic(builder, "llvm.x86.avx512.vpdpbusd.512", _VI, list(args))
+        if host_target().avx512_vnni:
+            return _call_intrinsic(builder, "llvm.x86.avx512.vpdpbusd.512", _VI, list(args))
+        return _portable_dpbusd(builder, *args)
     return vec16i(acc, a, b), codegen
+
+
+def _portable_dpbusd(builder, acc, a, b):  # type: ignore[no-untyped-def]
+    """`vpdpbusd` in plain vector IR (no wrap-around: 4 products of at most 255 * 128 fit in int32)."""
+    bytes64 = ir.VectorType(ir.IntType(8), 4 * LANES)
+    wide = ir.VectorType(_I32, 4 * LANES)
+    products = builder.mul(builder.zext(builder.bitcast(a, bytes64), wide),
+                           builder.sext(builder.bitcast(b, bytes64), wide))
+    total = acc
+    for j in range(4):  # byte j of every group of four
+        pick = ir.Constant(ir.VectorType(_I32, LANES), [4 * i + j for i in range(LANES)])
+        total = builder.add(total, builder.shuffle_vector(products, products, pick))
+    return total
 
 
 class _BFloatType(ir.Type):
@@ -501,6 +518,8 @@ def vdpbf16ps(typingctx, acc, a, b):
 
     def codegen(context, builder, sig, args):
         acc_v, a_v, b_v = args
+        if not host_target().avx512_bf16:  # the engine refuses bf16 there; a direct call gets a clear error
+            raise RuntimeError("vdpbf16ps needs AVX512-BF16, which the target CPU lacks")
         return _call_intrinsic(builder, "llvm.x86.avx512bf16.dpbf16ps.512", _VF,
                                [acc_v, builder.bitcast(a_v, _VBF), builder.bitcast(b_v, _VBF)])
     return vec16f(acc, a, b), codegen
@@ -535,10 +554,29 @@ def vscalef(typingctx, v, n):
         return None
 
     def codegen(context, builder, sig, args):
-        return _call_intrinsic(builder, "llvm.x86.avx512.mask.scalef.ps.512", _VF,
-                               [args[0], args[1], ir.Constant(_VF, None), ir.Constant(ir.IntType(16), 0xFFFF),
-                                ir.Constant(_I32, 4)])
+        if host_target().avx512:
+            return _call_intrinsic(builder, "llvm.x86.avx512.mask.scalef.ps.512", _VF,
+                                   [args[0], args[1], ir.Constant(_VF, None), ir.Constant(ir.IntType(16), 0xFFFF),
+                                    ir.Constant(_I32, 4)])
+        return _portable_scalef(builder, args[0], args[1])
     return vec16f(v, n), codegen
+
+
+def _portable_scalef(builder, v, n):  # type: ignore[no-untyped-def]
+    """v * 2**floor(n) in plain vector IR, for floor(n) in [-252, 254] (what `vexp` passes): two exact
+    multiplies by powers of two, each built from its exponent bits, so overflow still gives inf."""
+    k = builder.fptosi(_call_intrinsic(builder, "llvm.floor.v16f32", _VF, [n]), _VI)
+    lo, hi = ir.Constant(_VI, [-252] * LANES), ir.Constant(_VI, [254] * LANES)
+    k = builder.select(builder.icmp_signed("<", k, lo), lo, k)
+    k = builder.select(builder.icmp_signed(">", k, hi), hi, k)
+    half = builder.ashr(k, ir.Constant(_VI, [1] * LANES))  # floor(k / 2)
+    rest = builder.sub(k, half)
+
+    def power_of_two(e):  # type: ignore[no-untyped-def]
+        biased = builder.add(e, ir.Constant(_VI, [127] * LANES))
+        return builder.bitcast(builder.shl(biased, ir.Constant(_VI, [23] * LANES)), _VF)
+
+    return builder.fmul(builder.fmul(v, power_of_two(rest)), power_of_two(half))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,11 +28,12 @@ import platform
 import sys
 
 import numpy as np
-from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from sparsejit.kernels.target import host_target
 
 __all__ = ["amx_usable", "require_amx", "tile_config_bytes", "tile_config", "tile_zero", "tile_load", "tile_store",
            "tile_dpbusd", "tile_release", "ENV_AMX"]
@@ -45,10 +46,8 @@ _I8 = ir.IntType(8)
 _I64 = ir.IntType(64)
 
 
-@functools.cache
 def _host_has_amx() -> bool:
-    features = set(llvm_binding.get_host_cpu_features().flatten().split(","))
-    return {"+amx-tile", "+amx-int8"} <= features
+    return host_target().amx_int8
 
 
 @functools.cache

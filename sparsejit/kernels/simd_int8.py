@@ -42,6 +42,7 @@ from sparsejit.kernels.simd import (
     vec16f,
     vec16i,
 )
+from sparsejit.kernels.target import host_target
 
 __all__ = ["vload_bcast4", "visub", "vimul", "vimax", "vimin", "vihsum", "vrint", "vcvt_f2i", "vcvt_rint", "vhmax",
            "vhmin", "vstore_bytes_mask", "vload_bytes_i", "vpack_u8x4", "vsum_bytes",
@@ -171,9 +172,15 @@ def vcvt_rint(typingctx, v):
         return None
 
     def codegen(context, builder, sig, args):
-        return _call_intrinsic(builder, "llvm.x86.avx512.mask.cvtps2dq.512", _VI,
-                               [args[0], ir.Constant(_VI, None), ir.Constant(ir.IntType(16), 0xFFFF),
-                                ir.Constant(_I32, 4)])  # 4 = _MM_FROUND_CUR_DIRECTION
+        if host_target().avx512:
+            return _call_intrinsic(builder, "llvm.x86.avx512.mask.cvtps2dq.512", _VI,
+                                   [args[0], ir.Constant(_VI, None), ir.Constant(ir.IntType(16), 0xFFFF),
+                                    ir.Constant(_I32, 4)])  # 4 = _MM_FROUND_CUR_DIRECTION
+        r = _call_intrinsic(builder, "llvm.rint.v16f32", _VF, [args[0]])
+        inside = builder.and_(builder.fcmp_ordered(">=", r, ir.Constant(_VF, [-2.0 ** 31] * LANES)),
+                              builder.fcmp_ordered("<", r, ir.Constant(_VF, [2.0 ** 31] * LANES)))
+        safe = builder.fptosi(builder.select(inside, r, ir.Constant(_VF, [0.0] * LANES)), _VI)
+        return builder.select(inside, safe, ir.Constant(_VI, [-(2 ** 31)] * LANES))
     return vec16i(v), codegen
 
 
@@ -223,6 +230,8 @@ _VB64 = ir.VectorType(_I8, 64)
 _VQ = ir.VectorType(_I64, 8)
 # after vpackusdw + vpackuswb, 128-bit lane L holds dwords (a[4L:4L+4], b[..], c[..], d[..]) as bytes
 _UNINTERLEAVE = [(j % 4) * 4 + j // 4 for j in range(LANES)]
+_VI32 = ir.VectorType(_I32, 2 * LANES)  # shuffle masks
+_VI64 = ir.VectorType(_I32, 4 * LANES)
 
 
 @intrinsic
@@ -233,10 +242,19 @@ def vpack_u8x4(typingctx, a, b, c, d):
         return None
 
     def codegen(context, builder, sig, args):
-        ab = _call_intrinsic(builder, "llvm.x86.avx512.packusdw.512", _VW, [args[0], args[1]])
-        cd = _call_intrinsic(builder, "llvm.x86.avx512.packusdw.512", _VW, [args[2], args[3]])
-        packed = builder.bitcast(_call_intrinsic(builder, "llvm.x86.avx512.packuswb.512", _VB64, [ab, cd]), _VI)
-        return builder.shuffle_vector(packed, packed, ir.Constant(_VI, _UNINTERLEAVE))
+        if host_target().avx512:
+            ab = _call_intrinsic(builder, "llvm.x86.avx512.packusdw.512", _VW, [args[0], args[1]])
+            cd = _call_intrinsic(builder, "llvm.x86.avx512.packusdw.512", _VW, [args[2], args[3]])
+            packed = builder.bitcast(_call_intrinsic(builder, "llvm.x86.avx512.packuswb.512", _VB64, [ab, cd]), _VI)
+            return builder.shuffle_vector(packed, packed, ir.Constant(_VI, _UNINTERLEAVE))
+        zero, top = ir.Constant(_VI, [0] * LANES), ir.Constant(_VI, [255] * LANES)
+        parts = []
+        for v in args:  # saturate to [0, 255], keep the low byte, concatenate in order
+            v = builder.select(builder.icmp_signed("<", v, zero), zero, v)
+            parts.append(builder.trunc(builder.select(builder.icmp_signed(">", v, top), top, v), _VB8))
+        ab = builder.shuffle_vector(parts[0], parts[1], ir.Constant(_VI32, list(range(2 * LANES))))
+        cd = builder.shuffle_vector(parts[2], parts[3], ir.Constant(_VI32, list(range(2 * LANES))))
+        return builder.bitcast(builder.shuffle_vector(ab, cd, ir.Constant(_VI64, list(range(4 * LANES)))), _VI)
     return vec16i(a, b, c, d), codegen
 
 
@@ -248,8 +266,17 @@ def vsum_bytes(typingctx, acc, v):
         return None
 
     def codegen(context, builder, sig, args):
-        zero = ir.Constant(_VB64, [0] * 64)
-        sad = _call_intrinsic(builder, "llvm.x86.avx512.psad.bw.512", _VQ, [builder.bitcast(args[1], _VB64), zero])
+        if host_target().avx512:
+            zero = ir.Constant(_VB64, [0] * 64)
+            sad = _call_intrinsic(builder, "llvm.x86.avx512.psad.bw.512", _VQ,
+                                  [builder.bitcast(args[1], _VB64), zero])
+        else:  # the same sums in plain vector IR
+            wide = builder.zext(builder.bitcast(args[1], _VB64), ir.VectorType(_I64, 64))
+            sad = None
+            for j in range(8):  # byte j of every group of eight
+                pick = ir.Constant(ir.VectorType(_I32, 8), [8 * g + j for g in range(8)])
+                part = builder.shuffle_vector(wide, wide, pick)
+                sad = part if sad is None else builder.add(sad, part)
         return builder.bitcast(builder.add(builder.bitcast(args[0], _VQ), sad), _VI)
     return vec16i(acc, v), codegen
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from sparsejit.errors import (
     BatchTooLargeError,
+    CPUFeatureError,
     InvalidInputError,
     SequenceTooLongError,
     ShapeError,
@@ -20,6 +21,7 @@ from sparsejit.graph.passes import optimise
 from sparsejit.graph.specialise import fold_constants, specialise
 from sparsejit.kernels.attention import HEAD_MULTIPLE
 from sparsejit.kernels.simd_amx import amx_usable
+from sparsejit.kernels.target import host_target
 from sparsejit.kernels.threading import set_threads, thread_count
 from sparsejit.plan.plan import Plan
 
@@ -60,6 +62,11 @@ class Engine:
                  precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        target = host_target()
+        if precision == "bf16" and not target.avx512_bf16:
+            raise CPUFeatureError(f"precision='bf16' needs the CPU features AVX-512 F/BW/VL/DQ and AVX512-BF16 "
+                                  f"(vdpbf16ps), which this target lacks ({target.cpu}, {target.kernel_family}); "
+                                  f"use precision='fp32'")
         graph = load_onnx(model)
         self.optimize = optimize
         self.precision = precision
@@ -135,6 +142,13 @@ class Engine:
 
     def input_dtypes(self) -> dict[str, np.dtype]:
         return {name: v.dtype for name, v in self._input_specs.items()}
+
+    def describe(self) -> dict[str, object]:
+        """What was compiled and for which CPU: buckets, precision, threads, the kernel family."""
+        target = host_target()
+        return {"inputs": self.input_names, "outputs": self.output_names, "buckets": self.buckets,
+                "precision": self.precision, "num_threads": self.num_threads, "cpu": target.cpu,
+                "target": target.level, "kernels": target.kernel_family, "amx": amx_usable()}
 
     def __repr__(self) -> str:
         return (f"Engine(inputs={self.input_names}, outputs={self.output_names}, "

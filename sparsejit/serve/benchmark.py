@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from sparsejit.kernels.target import host_target
+
 __all__ = ["BenchmarkError", "format_report", "parse_shapes", "run_benchmark"]
 
 Feed = dict[str, np.ndarray]
@@ -311,6 +313,7 @@ def run_benchmark(model: str | os.PathLike, *, batch_size: int = 1,
         "model": str(path), "scenario": scenario, "batch_size": batch_size, "num_streams": streams,
         "num_cores": cores, "threads_per_stream": threads, "precision": precision,
         "input_shapes": {n: list(s) for n, s in shapes.items()}, "seconds": seconds, "warmup_seconds": warmup,
+        "cpu": host_target().cpu, "kernels": host_target().kernel_family,
         "engines": {n: _stats(latencies[n], walls[n], batch_size) for n in names},
     }
     if engine == "both":
@@ -328,7 +331,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"model: {report['model']}",
              f"scenario: {report['scenario']}  batch size: {report['batch_size']}  "
              f"streams: {report['num_streams']}  cores: {report['num_cores']}  "
-             f"input shapes: {report['input_shapes']}"]
+             f"input shapes: {report['input_shapes']}",
+             f"cpu: {report.get('cpu', '?')}  sparsejit kernels: {report.get('kernels', '?')}"]
     for name, r in report["engines"].items():
         lat = r["latency_ms"]
         lines += [f"[{name}]",

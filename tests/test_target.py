@@ -1,0 +1,87 @@
+"""The kernels' target CPU: features read once, narrowed by SPARSEJIT_TARGET, and the portable vector IR
+that replaces each AVX-512-only instruction where the target lacks it (so no CPU can meet an LLVM abort).
+
+The portable forms compute exactly what the instructions compute (integer dot products, saturating
+packs, byte sums, round-to-nearest conversion, scaling by powers of two), so a model compiled for the
+`avx2` target on this machine must give bit-identical outputs to the native one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zoo
+from test_quantized import quantized_model
+
+import sparsejit
+from sparsejit.errors import CPUFeatureError
+from sparsejit.kernels import target as target_mod
+from sparsejit.kernels.target import make_target
+
+AVX512_HOST = frozenset({"avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+                         "avx512vnni", "avx512bf16", "amx-tile", "amx-int8", "avxvnni"})
+HASWELL = frozenset({"avx", "avx2", "fma", "f16c"})
+
+
+def test_levels_narrow_the_features_and_refuse_what_the_cpu_lacks() -> None:
+    native = make_target("sapphirerapids", AVX512_HOST, "native")
+    assert native.avx512_vnni and native.avx512_bf16 and native.amx_int8
+    assert native.kernel_family == "AVX-512 + VNNI + BF16 + AMX"
+    no_amx = make_target("sapphirerapids", AVX512_HOST, "avx512")
+    assert no_amx.avx512_vnni and not no_amx.amx_int8
+    avx2 = make_target("sapphirerapids", AVX512_HOST, "avx2")
+    assert not (avx2.avx512 or avx2.avx512_vnni or avx2.amx_int8 or avx2.has("avxvnni"))
+    assert avx2.has("avx2", "fma") and avx2.kernel_family.startswith("AVX2 + FMA")
+    assert avx2.cache_tag != native.cache_tag
+    with pytest.raises(CPUFeatureError, match=r"avx512bw.*haswell"):
+        make_target("haswell", HASWELL, "avx512")
+    with pytest.raises(ValueError, match="expected one of"):
+        make_target("haswell", HASWELL, "sse9")
+    assert not make_target("haswell", HASWELL, "native").avx512
+
+
+def test_bf16_on_a_cpu_without_it_is_a_typed_error_at_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    haswell = make_target("haswell", HASWELL, "native")
+    monkeypatch.setattr("sparsejit.plan.engine.host_target", lambda: haswell)
+    with pytest.raises(CPUFeatureError, match="AVX512-BF16"):
+        sparsejit.compile(zoo.random_encoder("distilbert") / "model.onnx", batch_size=1, sequence_length=16,
+                          precision="bf16")
+
+
+_SCRIPT = """
+import json, sys
+import numpy as np
+import sparsejit
+feed = dict(np.load(sys.argv[2]))
+engine = sparsejit.compile(sys.argv[1], batch_size=2, sequence_length=32)
+np.savez(sys.argv[3], **engine.run(feed))
+print(json.dumps(engine.describe()["kernels"]))
+"""
+
+
+@pytest.mark.parametrize("form", ["fp32", "dynamic"])
+def test_the_avx2_target_gives_the_native_results_bit_for_bit(form: str, tmp_path: Path) -> None:
+    """fp32 (softmax's exp through the portable scalef) and dynamic int8 (the portable dpbusd, packs,
+    byte sums and conversions) compiled for `avx2` in a fresh process, against the native engine."""
+    if not target_mod.host_target().avx512:
+        pytest.skip("the native target here already is the portable one")
+    base = zoo.random_encoder("distilbert")
+    model = base / "model.onnx" if form == "fp32" else quantized_model(base, "dynamic") / "model.onnx"
+    feed = zoo.make_inputs(base, 2, 32, seed=5)
+    np.savez(tmp_path / "feed.npz", **feed)
+    env = dict(os.environ, SPARSEJIT_TARGET="avx2")
+    out = subprocess.run([sys.executable, "-c", _SCRIPT, str(model), str(tmp_path / "feed.npz"),
+                          str(tmp_path / "out.npz")], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]).startswith("AVX2 + FMA")
+    portable = dict(np.load(tmp_path / "out.npz"))
+    native = sparsejit.compile(model, batch_size=2, sequence_length=32).run(feed)
+    assert portable.keys() == native.keys()
+    for name in native:
+        np.testing.assert_array_equal(portable[name], native[name])
