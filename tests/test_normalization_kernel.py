@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sparsejit.kernels.normalization import layer_norm_rows_f32
+from sparsejit.kernels.normalization import layer_norm_rows_f32, softmax
 
 
 @pytest.mark.parametrize("n", [7, 16, 80, 100, 768])  # scalar tail only; one vector; 4-wide + 1; + tail; 12 x 4-wide
@@ -53,3 +53,29 @@ def test_vector_exp_accuracy_and_range_ends() -> None:
     assert np.all(low[y < -87.0] == 0.0)
     assert np.all(low[y >= -87.0] >= np.finfo(np.float32).tiny)
     np.testing.assert_allclose(low[y >= -87.0], np.exp(y[y >= -87.0].astype(np.float64)), rtol=2e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_rows_with_nan_or_infinities_match_onnxruntime(dtype) -> None:  # type: ignore[no-untyped-def]
+    """A row masked everywhere with -inf, or holding NaN or +inf, is NaN (exp(x - max) is NaN at the max),
+    as in onnxruntime; a row partly -inf is an ordinary softmax of the rest."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+    from onnx import helper as oh
+
+    x = np.random.default_rng(0).standard_normal((6, 37)).astype(dtype)
+    x[1, :] = -np.inf
+    x[2, 5] = np.nan
+    x[3, 4] = np.inf
+    x[4, :10] = -np.inf
+    x[5, 3], x[5, 7] = np.inf, -np.inf
+    elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    graph = oh.make_graph([oh.make_node("Softmax", ["x"], ["y"], axis=-1)], "g",
+                          [oh.make_tensor_value_info("x", elem, x.shape)],
+                          [oh.make_tensor_value_info("y", elem, x.shape)])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    ref = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    out = np.empty_like(x)
+    softmax(x, out, -1)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    np.testing.assert_allclose(np.nan_to_num(out), np.nan_to_num(ref), rtol=1e-6, atol=1e-7)

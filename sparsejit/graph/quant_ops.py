@@ -39,8 +39,11 @@ def axis_shape(param: np.ndarray, ndim: int, axis: int) -> np.ndarray:
 def dequantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int = 1) -> np.ndarray:
     """(x - zero) * scale in float32 (per-tensor or per-axis scale)."""
     s = axis_shape(scale, x.ndim, axis).astype(np.float32)
-    z = axis_shape(zero, x.ndim, axis).astype(np.float32) if zero is not None else np.float32(0.0)
-    return ((x.astype(np.float32) - z) * s).astype(np.float32)
+    out = x.astype(np.float32)  # in place from here: weights are large and this runs at every load
+    if zero is not None:
+        out -= axis_shape(zero, x.ndim, axis).astype(np.float32)
+    out *= s
+    return out
 
 
 def quantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int = 1,

@@ -25,7 +25,9 @@ from sparsejit.kernels.simd import (
 
 @njit(parallel=True, cache=True, nogil=True)
 def softmax_rows_f32(x, out):  # pragma: no cover - compiled
-    """Vectorised softmax of each row of C-contiguous float32 2-D arrays (tails done in scalar)."""
+    """Vectorised softmax of each row of C-contiguous float32 2-D arrays (tails done in scalar). A row
+    holding a NaN, or whose maximum is infinite (e.g. masked everywhere with -inf), comes out NaN, as
+    the ONNX definition exp(x - max) / sum gives it (onnxruntime, PyTorch do the same)."""
     rows, n = x.shape
     xf = x.reshape(-1)
     of = out.reshape(-1)
@@ -33,12 +35,21 @@ def softmax_rows_f32(x, out):  # pragma: no cover - compiled
     for r in prange(rows):
         base = r * n
         vm = vbroadcast(-np.inf)
+        vt = vzero()
         for j in range(0, body, 16):
-            vm = vmax(vm, vload(xf, base + j))
+            v = vload(xf, base + j)
+            vm = vmax(vm, v)
+            vt = vadd(vt, v)
         m = _hmax(vm, body > 0)
+        total = vhsum(vt)
         for j in range(body, n):
+            total += xf[base + j]
             if xf[base + j] > m:
                 m = xf[base + j]
+        if total != total or math.isinf(m):  # NaN in the row (a sum of x is NaN then), or max is +-inf
+            for j in range(n):
+                of[base + j] = np.float32(np.nan)
+            continue
         vmb = vbroadcast(m)
         vs = vzero()
         for j in range(0, body, 16):
@@ -143,6 +154,8 @@ def softmax_rows(x, out):  # pragma: no cover - compiled
     rows, n = x.shape
     for r in prange(rows):
         m = _row_max(x, r)
+        if math.isinf(m):  # exp(x - max) is NaN at the max: the whole row is NaN, as defined
+            m = np.nan
         s = 0.0
         for j in range(n):
             e = math.exp(x[r, j] - m)
