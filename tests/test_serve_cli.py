@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 
 import httpx
+import numpy as np
 from click.testing import CliRunner
 
 from sparsejit.serve.cli import main
@@ -23,11 +25,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# `sparsejit serve` itself, with one test hook: while the file $HOLD exists, an engine call waits (after
+# touching $ENTERED), so the test can have requests provably in flight when it sends SIGTERM.
+HELD_SERVE = """
+import os, sys, time
+from pathlib import Path
+from sparsejit.serve import batching
+from sparsejit.serve.cli import main
+
+hold, entered = Path(os.environ["HOLD"]), Path(os.environ["ENTERED"])
+run_group = batching.PipelineRunner.run_group
+
+def held_run_group(self, jobs):
+    if hold.exists():
+        entered.touch()
+        while hold.exists():
+            time.sleep(0.01)
+    return run_group(self, jobs)
+
+batching.PipelineRunner.run_group = held_run_group
+sys.argv[0] = "sparsejit"
+main()
+"""
+
+
+def metric(url: str, name: str, endpoint: str) -> float | None:
+    text = httpx.get(f"{url}/metrics").text
+    m = re.search(rf'^{name}{{endpoint="{re.escape(endpoint)}"}} (\S+)$', text, re.M)
+    return float(m.group(1)) if m else None
+
+
 def test_serve_default_model_and_graceful_shutdown(tmp_path) -> None:
     port = free_port()
     log = open(tmp_path / "server.log", "w+")
-    env = {**os.environ, "SPARSEJIT_API_KEY": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "sparsejit.serve.cli", "serve", "--port", str(port),
+    hold, entered = tmp_path / "hold", tmp_path / "entered"
+    env = {**os.environ, "SPARSEJIT_API_KEY": "", "HOLD": str(hold), "ENTERED": str(entered)}
+    proc = subprocess.Popen([sys.executable, "-c", HELD_SERVE, "serve", "--port", str(port),
                              "--sequence-length", "64", "--batch-size", "2", "--log-level", "warning"],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -49,13 +82,35 @@ def test_serve_default_model_and_graceful_shutdown(tmp_path) -> None:
 
         # SIGTERM while requests are in flight: each still gets its answer, then the process exits.
         texts = [f"sentence number {i} about shutting a server down politely" for i in range(24)]
+        want = httpx.post(f"{url}/predict", json={"inputs": texts}, timeout=120)
+        assert want.status_code == 200
+        hold.touch()  # engine calls wait from now on
+        name = models[0]["name"]
         with cf.ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(httpx.post, f"{url}/predict", json={"inputs": texts}, timeout=120)
-                       for _ in range(6)]
-            time.sleep(0.3)
-            proc.send_signal(signal.SIGTERM)
-            codes = [f.result().status_code for f in futures]
-        assert codes == [200] * 6
+            try:
+                futures = [pool.submit(httpx.post, f"{url}/predict", json={"inputs": texts}, timeout=120)
+                           for _ in range(6)]
+                # each request (24 texts) fills batches of 2 on its own: one held in the engine, five queued
+                deadline = time.monotonic() + 60
+                while not entered.exists() or metric(url, "sparsejit_queue_depth", name) != 5:
+                    assert time.monotonic() < deadline, "the six requests never reached the server"
+                    time.sleep(0.02)
+                proc.send_signal(signal.SIGTERM)
+                while True:  # shutting down: no new connections, while all six are still unanswered
+                    try:
+                        httpx.get(f"{url}/health", timeout=5)
+                    except httpx.TransportError:
+                        break
+                    assert time.monotonic() < deadline, "the server never began shutting down"
+                    time.sleep(0.02)
+                assert not any(f.done() for f in futures), "a request finished while the engine was held"
+                assert proc.poll() is None, "the server exited with requests in flight"
+            finally:
+                hold.unlink(missing_ok=True)  # let the engine run what is in flight
+            responses = [f.result() for f in futures]
+        assert [r.status_code for r in responses] == [200] * 6
+        for r in responses:
+            np.testing.assert_allclose(np.asarray(r.json()), np.asarray(want.json()), rtol=1e-5, atol=1e-6)
         # uvicorn re-raises the signal after its graceful shutdown, so the exit status is SIGTERM's
         assert proc.wait(120) in (0, -signal.SIGTERM)
         log.seek(0)

@@ -4,8 +4,9 @@ choice for int8 weights.
 The sparse kernel computes the same exact int32 products as the dense VNNI kernel and the same
 epilogue, so the two must agree bit for bit (an independent reference: `qgemm`, itself checked
 against float64 numpy in test_quantized). A model pruned in 4x16 blocks by `sparsify` and quantised by
-onnxruntime's `quantize_dynamic` must match onnxruntime on that very file within the int8 tolerance
-of test_quantized (2 % of the largest logit, 99 % argmax agreement), whichever kernel runs it.
+onnxruntime's `quantize_dynamic` must match onnxruntime on that very file within the dynamic-int8
+tolerance of test_quantized (2e-3 of the largest logit; argmax equal where not a near-tie), whichever
+kernel runs it.
 """
 
 from __future__ import annotations
@@ -182,17 +183,24 @@ def _feed(sess) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
 def test_pruned_int8_model_matches_onnxruntime(monkeypatch: pytest.MonkeyPatch, pruned_int8_model) -> None:
     ort = pytest.importorskip("onnxruntime")
     import sparsejit
-    from tests.test_quantized import check_logits
+    from tests.test_quantized import DYNAMIC_REL, check_logits
 
     sess = ort.InferenceSession(str(pruned_int8_model), providers=["CPUExecutionProvider"])
     feed = _feed(sess)
-    ref = sess.run(None, feed)[0]
+    # The engine runs the 37 tokens in its 48 bucket, padded (id 0, mask 0). DynamicQuantizeLinear's
+    # per-tensor range takes in the pad rows too, so onnxruntime is given the same padded batch: on the
+    # unpadded one its own logits move by 6.0e-4 (0.6 % of max |logit| 0.099). Measured on AMD Zen 5
+    # (VNNI, no AMX), every policy vs onnxruntime on the padded batch: 0 (bit-identical); onnxruntime's
+    # own BASIC vs ALL optimisation levels: 7.5e-9.
+    padded = {k: np.pad(v, ((0, 0), (0, 48 - v.shape[1]))) for k, v in feed.items()}
+    ref = sess.run(None, padded)[0]
     outputs = {}
     for policy in ("dense", "qblock1", "qblock16", "qblock32", "auto"):
         monkeypatch.setenv(QC.ENV_QPOLICY, policy)
         engine = sparsejit.compile(pruned_int8_model, batch_size=2, sequence_length=[16, 48])
+        assert engine.pad_values == {name: 0 for name in engine.input_names}
         got = engine.run(feed)[sess.get_outputs()[0].name]
-        check_logits(got, ref)
+        check_logits(got, ref, DYNAMIC_REL * float(np.abs(ref).max()))
         chosen = {n for key, wk in engine._weight_cache.items()
                   if key[0] == "weight_kernels" and isinstance(wk, QC.QWeightKernels) for n in wk._chosen}
         assert chosen and (policy == "auto" or chosen == {policy}), (policy, chosen)
