@@ -39,6 +39,13 @@ def _route_numba_cache() -> None:
     numba.config.CACHE_DIR = str(cache_root() / "numba" / digest)
 
 
+def _narrow_numba_codegen() -> None:
+    from sparsejit.kernels.target import narrow_numba_codegen
+
+    narrow_numba_codegen()
+
+
+_narrow_numba_codegen()
 _route_numba_cache()
 
 from sparsejit.plan.engine import Engine, compile  # noqa: E402  (needs __version__ for the cache key)

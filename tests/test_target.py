@@ -1,9 +1,12 @@
 """The kernels' target CPU: features read once, narrowed by SPARSEJIT_TARGET, and the portable vector IR
 that replaces each AVX-512-only instruction where the target lacks it (so no CPU can meet an LLVM abort).
 
-The portable forms compute exactly what the instructions compute (integer dot products, saturating
-packs, byte sums, round-to-nearest conversion, scaling by powers of two), so a model compiled for the
-`avx2` target on this machine must give bit-identical outputs to the native one.
+`SPARSEJIT_TARGET=avx2` also makes Numba's LLVM target an AVX2 CPU (Haswell model, no AVX-512 feature):
+an AVX-512 instruction left anywhere would fail to compile (on a real AVX2 CPU: abort the process), so
+compiling and running whole models that way here is the native stand-in for an AVX2 machine. The
+portable forms compute exactly what the instructions compute; LLVM's AVX2 code orders some float32
+reductions differently, so outputs agree with the native ones to float32 rounding, and both agree with
+onnxruntime within the native suites' bounds.
 """
 
 from __future__ import annotations
@@ -66,9 +69,13 @@ print(json.dumps(engine.describe()["kernels"]))
 
 
 @pytest.mark.parametrize("form", ["fp32", "dynamic"])
-def test_the_avx2_target_gives_the_native_results_bit_for_bit(form: str, tmp_path: Path) -> None:
+def test_models_compiled_for_avx2_match_onnxruntime(form: str, tmp_path: Path) -> None:
     """fp32 (softmax's exp through the portable scalef) and dynamic int8 (the portable dpbusd, packs,
-    byte sums and conversions) compiled for `avx2` in a fresh process, against the native engine."""
+    byte sums and conversions) compiled for an AVX2 CPU in a fresh process: against onnxruntime with
+    the native suites' bounds (fp32: 1e-4 x max |output|, test_parity_onnxruntime; dynamic int8:
+    2e-3 x max |output|, test_quantized), and against the native engine to float32 rounding (fp32)."""
+    import onnxruntime as ort
+
     if not target_mod.host_target().avx512:
         pytest.skip("the native target here already is the portable one")
     base = zoo.random_encoder("distilbert")
@@ -82,6 +89,12 @@ def test_the_avx2_target_gives_the_native_results_bit_for_bit(form: str, tmp_pat
     assert json.loads(out.stdout.strip().splitlines()[-1]).startswith("AVX2 + FMA")
     portable = dict(np.load(tmp_path / "out.npz"))
     native = sparsejit.compile(model, batch_size=2, sequence_length=32).run(feed)
-    assert portable.keys() == native.keys()
-    for name in native:
-        np.testing.assert_array_equal(portable[name], native[name])
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    reference = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
+    assert portable.keys() == native.keys() == reference.keys()
+    bound = 1e-4 if form == "fp32" else 2e-3
+    for name, ref in reference.items():
+        scale = float(np.abs(ref).max())
+        assert float(np.abs(portable[name] - ref).max()) <= bound * scale, name
+        if form == "fp32":  # measured 7.2e-7 at max |output| ~4 (Zen 5)
+            assert float(np.abs(portable[name] - native[name]).max()) <= 1e-6 * scale, name

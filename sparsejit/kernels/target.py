@@ -7,7 +7,9 @@ path emits an instruction the CPU lacks: that would abort the process inside LLV
 
 `SPARSEJIT_TARGET` narrows the target for testing and comparison: `native` (default), `avx512`
 (AVX-512 F/BW/VL/DQ and its extensions, no AMX), `avx2` (AVX2 + FMA, nothing of AVX-512 or AMX).
-Asking for a level the CPU does not have is a `CPUFeatureError` naming the missing features.
+Asking for a level the CPU does not have is a `CPUFeatureError` naming the missing features. A
+narrowed level also narrows Numba's LLVM target (`narrow_numba_codegen`), so every kernel, plain loops
+included, is compiled as for such a CPU and runs at its speed.
 """
 
 from __future__ import annotations
@@ -68,6 +70,23 @@ class Target:
     def cache_tag(self) -> str:
         """Part of every kernel cache key: kernels built for one level never load under another."""
         return f"{self.cpu}-{self.level}"
+
+
+def narrow_numba_codegen() -> None:
+    """Make Numba's LLVM target the narrowed level (`SPARSEJIT_TARGET` other than native), so the code
+    really is what such a CPU runs: any instruction outside the level fails to compile here, natively,
+    as it would abort on that CPU. Needs to run before Numba compiles anything; a user's own
+    `NUMBA_CPU_NAME` / `NUMBA_CPU_FEATURES` win."""
+    import numba
+    from llvmlite import binding
+
+    target = host_target()
+    if target.level == "native" or numba.config.CPU_NAME or numba.config.CPU_FEATURES:
+        return
+    host = binding.get_host_cpu_features()
+    # the CPU model only tunes scheduling; the feature list decides which instructions are legal
+    numba.config.CPU_NAME = "haswell" if target.level == "avx2" else target.cpu
+    numba.config.CPU_FEATURES = ",".join(("+" if name in target.features else "-") + name for name in host)
 
 
 def _host_features() -> tuple[str, frozenset[str]]:
