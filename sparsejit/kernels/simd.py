@@ -481,8 +481,26 @@ def vdpbusd(typingctx, acc, a, b):
 
 
 def _portable_dpbusd(builder, acc, a, b):  # type: ignore[no-untyped-def]
-    """`vpdpbusd` in plain vector IR (no wrap-around: 4 products of at most 255 * 128 fit in int32)."""
+    """`vpdpbusd` without AVX-512 VNNI, exactly (4 products of at most 255 * 128 fit in int32): on AVX2,
+    bytes widened to int16 and multiplied pairwise by `vpmaddwd` (exact, unlike `vpmaddubsw`, whose
+    int16 pair sums saturate), then adjacent pair sums added; elsewhere in plain vector IR."""
     bytes64 = ir.VectorType(ir.IntType(8), 4 * LANES)
+    if host_target().has("avx2"):
+        words = ir.VectorType(ir.IntType(16), 4 * LANES)
+        a16 = builder.zext(builder.bitcast(a, bytes64), words)
+        b16 = builder.sext(builder.bitcast(b, bytes64), words)
+        pairs = []
+        for c in range(4):  # four ymm halves: 16 int16 -> 8 int32 pair sums each
+            pick = ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES * c, LANES * (c + 1))))
+            operands = [builder.shuffle_vector(a16, a16, pick), builder.shuffle_vector(b16, b16, pick)]
+            pairs.append(_call_intrinsic(builder, "llvm.x86.avx2.pmadd.wd", ir.VectorType(_I32, 8), operands))
+        first16 = ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES)))
+        lo = builder.shuffle_vector(pairs[0], pairs[1], first16)
+        hi = builder.shuffle_vector(pairs[2], pairs[3], first16)
+        both = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 2 * LANES), list(range(2 * LANES))))
+        even = builder.shuffle_vector(both, both, ir.Constant(ir.VectorType(_I32, LANES), list(range(0, 2 * LANES, 2))))
+        odd = builder.shuffle_vector(both, both, ir.Constant(ir.VectorType(_I32, LANES), list(range(1, 2 * LANES, 2))))
+        return builder.add(acc, builder.add(even, odd))
     wide = ir.VectorType(_I32, 4 * LANES)
     products = builder.mul(builder.zext(builder.bitcast(a, bytes64), wide),
                            builder.sext(builder.bitcast(b, bytes64), wide))
