@@ -104,9 +104,45 @@ def _gather_elements(node: Node, arrays: list[np.ndarray | None]) -> list[np.nda
     return [np.take_along_axis(data, index, axis=axis)]
 
 
-# ai.onnx ops whose `onnx.reference` implementation fails on shapes real exports produce.
+def onnx_slice(n: int, start: int, end: int, step: int) -> slice:
+    """The Python slice selecting what ONNX Slice selects along an axis of size `n`.
+
+    ONNX clamps differently from Python for negative steps: a start before the beginning is clamped
+    to index 0 (Python makes the slice empty) and an end of -1 after clamping means "past index 0"."""
+    if step == 0:
+        raise ValueError("Slice step must not be 0")
+    if n == 0:
+        return slice(0, 0, step)
+    start = start + n if start < 0 else start
+    end = end + n if end < 0 else end
+    if step > 0:
+        return slice(min(max(start, 0), n), min(max(end, 0), n), step)
+    start, end = min(max(start, 0), n - 1), min(max(end, -1), n - 1)
+    return slice(start, end if end >= 0 else None, step)
+
+
+
+def _slice(node: Node, arrays: list[np.ndarray | None]) -> list[np.ndarray]:
+    data = arrays[0]
+    if len(arrays) > 1:  # opset >= 10: starts, ends, axes, steps as inputs
+        starts, ends = arrays[1], arrays[2]
+        axes = arrays[3] if len(arrays) > 3 else None
+        steps = arrays[4] if len(arrays) > 4 else None
+    else:
+        starts, ends, axes, steps = node.attrs["starts"], node.attrs["ends"], node.attrs.get("axes"), None
+    axes = list(range(len(starts))) if axes is None else [int(a) % data.ndim for a in axes]
+    steps = [1] * len(starts) if steps is None else steps
+    index = [slice(None)] * data.ndim
+    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
+        index[axis] = onnx_slice(data.shape[axis], int(start), int(end), int(step))
+    return [np.ascontiguousarray(data[tuple(index)])]
+
+
+# ai.onnx ops whose `onnx.reference` implementation fails on shapes real exports produce, or computes
+# differently from the standard (and onnxruntime).
 EVAL_OVERRIDES: dict[str, Callable[[Node, list[np.ndarray | None]], list[np.ndarray]]] = {
     "GatherElements": _gather_elements,  # np.choose-based: breaks beyond 64 rows
+    "Slice": _slice,  # numpy's clamping for negative steps (a start before the beginning: empty)
 }
 
 

@@ -124,9 +124,10 @@ def add_constant(graph: Graph, name: str, value: np.ndarray) -> str:
 
 
 def scalar_constant(graph: Graph, name: str) -> np.ndarray | None:
-    """The initializer `name` if it holds exactly one element, else None."""
+    """The initializer `name` as a 0-d array if it holds exactly one element (of any shape: exporters
+    write per-tensor scales as [] or [1]), else None."""
     value = graph.initializers.get(name) if name else None
-    return value if value is not None and value.size == 1 else None
+    return value.reshape(()) if value is not None and value.size == 1 else None
 
 
 _derived: dict[tuple[int, str], tuple[weakref.ref, np.ndarray]] = {}

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsejit.errors import UnsupportedOperatorError
+from sparsejit.errors import ShapeError, UnsupportedOperatorError
 from sparsejit.graph.ir import Node
-from sparsejit.graph.reference import evaluate
+from sparsejit.graph.reference import evaluate, onnx_slice
 from sparsejit.kernels.elementwise import elementwise_step
 from sparsejit.kernels.indexing import cumsum, gather
 from sparsejit.plan.lowering import LowerContext, Step, lowers
@@ -19,7 +19,14 @@ from sparsejit.plan.lowering import LowerContext, Step, lowers
 
 def copy_step(src: np.ndarray, dst: np.ndarray) -> Step:
     """A step copying view `src` into view `dst` (same shape, or one `src` broadcasts to) with the
-    generated copy kernel."""
+    generated copy kernel. A `src` that does not broadcast to `dst` is a lowering bug: refused here,
+    at compile time, rather than copied out of bounds."""
+    try:
+        fits = np.broadcast_shapes(src.shape, dst.shape) == dst.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ShapeError(f"internal error: cannot copy a {src.shape} view into a {dst.shape} buffer")
     return elementwise_step("{0}", [src], dst)
 
 
@@ -67,13 +74,8 @@ def _slice(node: Node, ctx: LowerContext) -> Step:
     steps = [1] * len(starts) if steps is None else steps
     index = [slice(None)] * x.ndim
     for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
-        index[axis] = slice(_clamp(int(start)), _clamp(int(end)), int(step))
+        index[axis] = onnx_slice(x.shape[axis], int(start), int(end), int(step))
     return copy_step(x[tuple(index)], ctx.array(node.outputs[0]))
-
-
-def _clamp(v: int) -> int:
-    # INT64 extremes mean "to the end"; Python slicing clamps any out-of-range value the same way.
-    return max(min(v, 1 << 62), -(1 << 62))
 
 
 @lowers("Concat")
