@@ -81,10 +81,9 @@ MAX_ELEMENTS = 3 * 4095  # keep every tensor small: a case runs in milliseconds 
 
 # Known compiler bugs, each reproduced by a strict xfail in tests/test_fuzz_regressions.py: the generator
 # steers around them so that the fuzzer keeps finding new ones. Remove an entry when its bug is fixed.
-KNOWN_BUGS: frozenset[str] = frozenset({
-    "qdq_scale_shape_1",  # test_qdq_matmul_with_one_element_1d_scale: [1]-shaped Q/DQ scales crash _fuse_qdq
-    "slice_fold_before_start",  # test_constant_slice_negative_step_from_before_the_start: folded with numpy rules
-})
+# Known so far and fixed (51a5c2f): "qdq_scale_shape_1" (test_qdq_matmul_with_one_element_1d_scale) and
+# "slice_fold_before_start" (test_constant_slice_negative_step_from_before_the_start).
+KNOWN_BUGS: frozenset[str] = frozenset()
 
 # Tolerances of `run_case` (see tests/test_fuzz_differential.py for the reasoning).
 ATOL = 1e-5
@@ -1705,16 +1704,18 @@ def generate(seed: int, profile: Profile = QUICK) -> Case:
 
 
 def _snapshot(b: _Builder):  # type: ignore[no-untyped-def]
+    """What `_restore` needs to undo a motif that gave up half way."""
     return (len(b.nodes), len(b.inits), len(b.inputs), len(b.input_protos), len(b.pool), Counter(b.patterns),
             Counter(b.ops), len(b.forced_outputs), {v.name: (v.uses, v.internal) for v in b.pool},
-            [dict(f) for f in b.feeds])
+            [dict(f) for f in b.feeds], len(b.fp32_weights), len(b.int8_weights), dict(b.input_kinds))
 
 
 def _restore(b: _Builder, state) -> None:  # type: ignore[no-untyped-def]
-    n_nodes, n_inits, n_inputs, n_protos, n_pool, patterns, ops, n_forced, uses, feeds = state
+    (n_nodes, n_inits, n_inputs, n_protos, n_pool, patterns, ops, n_forced, uses, feeds, n_fp32, n_int8,
+     kinds) = state
     del b.nodes[n_nodes:], b.inits[n_inits:], b.inputs[n_inputs:], b.input_protos[n_protos:], b.pool[n_pool:]
-    del b.forced_outputs[n_forced:]
-    b.patterns, b.ops, b.feeds = patterns, ops, feeds
+    del b.forced_outputs[n_forced:], b.fp32_weights[n_fp32:], b.int8_weights[n_int8:]
+    b.patterns, b.ops, b.feeds, b.input_kinds = patterns, ops, feeds, kinds
     for v in b.pool:
         v.uses, v.internal = uses[v.name]
 
