@@ -1352,36 +1352,29 @@ def _dynamic_product(b: _Builder, dql: tuple[Val, Val, Val], n: int) -> Val:
                   peak=8.0)
 
 
-def _m_qdq_matmul(b: _Builder) -> None:
-    """DequantizeLinear(QuantizeLinear(x)) @ DequantizeLinear(W_q), + epilogue: quantize_static's QDQ form;
-    sometimes one quantised activation feeds several products (Q, K, V), or x is quantised twice alike."""
+def _quantised_products(b: _Builder, quantise, product, p_bias: float, p_act: float) -> None:  # type: ignore[no-untyped-def]
+    """One quantised activation feeding 1-3 products (Q, K, V) with epilogues; sometimes x quantised twice alike."""
     widths = b.gemm_widths()
     x = b.quant_input(lambda k: k in widths)
-    dq = _qdq_activation(b, x)
+    quantised = quantise(b, x)
     count = int(b.choice([1, 1, 1, 2, 3]))
     if count > 1:
         b.patterns["shared_quant_input"] += 1
     for _ in range(count):
-        b.epilogue(_qdq_product(b, dq, int(b.choice(widths))), p_bias=0.7, p_act=0.35, p_res=0.3)
+        b.epilogue(product(b, quantised, int(b.choice(widths))), p_bias=p_bias, p_act=p_act, p_res=0.3)
     if b.chance(0.15):
         b.patterns["quantised_twice"] += 1
-        b.epilogue(_qdq_product(b, _qdq_activation(b, x), int(b.choice(widths))), p_act=0.0)
+        b.epilogue(product(b, quantise(b, x), int(b.choice(widths))), p_act=0.0)
+
+
+def _m_qdq_matmul(b: _Builder) -> None:
+    """DequantizeLinear(QuantizeLinear(x)) @ DequantizeLinear(W_q), + epilogue: quantize_static's QDQ form."""
+    _quantised_products(b, _qdq_activation, _qdq_product, p_bias=0.7, p_act=0.35)
 
 
 def _m_dynamic_matmul(b: _Builder) -> None:
-    """DynamicQuantizeLinear + MatMulInteger + Cast + Mul(scale product) (+ bias): quantize_dynamic's form;
-    sometimes one DynamicQuantizeLinear feeds several products, or x is quantised twice."""
-    widths = b.gemm_widths()
-    x = b.quant_input(lambda k: k in widths)
-    dql = _dql(b, x)
-    count = int(b.choice([1, 1, 1, 2, 3]))
-    if count > 1:
-        b.patterns["shared_quant_input"] += 1
-    for _ in range(count):
-        b.epilogue(_dynamic_product(b, dql, int(b.choice(widths))), p_bias=0.8, p_act=0.3, p_res=0.3)
-    if b.chance(0.15):
-        b.patterns["quantised_twice"] += 1
-        b.epilogue(_dynamic_product(b, _dql(b, x), int(b.choice(widths))), p_act=0.0)
+    """DynamicQuantizeLinear + MatMulInteger + Cast + Mul(scale product) (+ bias): quantize_dynamic's form."""
+    _quantised_products(b, _dql, _dynamic_product, p_bias=0.8, p_act=0.3)
 
 
 def _m_fake_quant(b: _Builder) -> None:

@@ -158,8 +158,7 @@ _NP_SCALAR = {np.dtype(np.float32): "np.float32", np.dtype(np.float64): "np.floa
               np.dtype(np.uint8): "np.uint8", np.dtype(np.int16): "np.int16"}
 
 
-_SCALAR_ARGUMENT_TYPES = frozenset(map(np.dtype, (np.float32, np.float64, np.int64, np.int32, np.int16, np.int8,
-                                                  np.uint8, np.bool_)))
+_SCALAR_ARGUMENT_TYPES = frozenset(_NP_SCALAR) | {np.dtype(np.bool_)}  # passed to kernels as numpy scalars
 
 
 def _operands(names: list[str], ctx: LowerContext, runtime: list[np.ndarray],
