@@ -69,7 +69,7 @@ def main() -> None:
     from sparsejit.kernels.threading import set_threads
 
     set_threads(args.threads)
-    mr, nr = G.DEFAULT_TILE if args.tile is None else (int(x) for x in args.tile.split("x"))
+    mr, nr = G.default_tile() if args.tile is None else (int(x) for x in args.tile.split("x"))
     shapes = SHAPES if args.shapes is None else [
         tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")
     ]

@@ -98,3 +98,40 @@ def test_models_compiled_for_avx2_match_onnxruntime(form: str, tmp_path: Path) -
         assert float(np.abs(portable[name] - ref).max()) <= bound * scale, name
         if form == "fp32":  # measured 7.2e-7 at max |output| ~4 (Zen 5)
             assert float(np.abs(portable[name] - native[name]).max()) <= 1e-6 * scale, name
+
+
+_EXACT_INT8 = """
+import numpy as np
+from sparsejit.kernels import gemm_int8 as g
+from sparsejit.kernels.target import host_target
+assert not host_target().avx512_vnni
+rng = np.random.default_rng(0)
+m, k, n = 13, 100, 40
+for wdt, lo, hi in ((np.int8, -128, 128), (np.uint8, 0, 256)):
+    w = rng.integers(lo, hi, (k, n)).astype(wdt)
+    w[:, 0], w[:4, 1] = lo, hi - 1  # the extremes: every product at its largest magnitude
+    zw = np.arange(n) % 5 + 126 if wdt == np.uint8 else None
+    a = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    a[0] = 255
+    packed = g.pack_b_int8(w, 1.0, zw)
+    aq = np.zeros((m, packed.kp), np.uint8)
+    aq[:, :k] = a
+    comp, scale = g.epilogue_vectors(packed, 0, 1.0)
+    out = np.empty((m, n), np.float32)
+    g.qgemm(aq, packed, out, comp, scale, rowsum=a.sum(1, dtype=np.int32))
+    ref = a.astype(np.int64) @ (w.astype(np.int64) - (0 if zw is None else zw))
+    assert np.abs(ref).max() < 2**24  # exact in float32
+    np.testing.assert_array_equal(out, ref.astype(np.float32))
+print("exact")
+"""
+
+
+def test_portable_int8_dot_products_are_exact_at_the_extremes() -> None:
+    """The AVX2 form of `vpdpbusd` (byte pairs split in place, two `vpmaddwd`) against integer
+    arithmetic, with 255 x -128 products everywhere a saturating `vpmaddubsw` would clip: bit-exact."""
+    if not target_mod.host_target().has("avx2"):
+        pytest.skip("no AVX2 on this CPU")
+    env = dict(os.environ, SPARSEJIT_TARGET="avx2")
+    out = subprocess.run([sys.executable, "-c", _EXACT_INT8], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("exact")

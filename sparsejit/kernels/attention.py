@@ -20,15 +20,20 @@ from __future__ import annotations
 import numpy as np
 
 from sparsejit.kernels.codegen import load_generated
+from sparsejit.kernels.target import host_target
 
 HEAD_MULTIPLE = 16  # head sizes the kernel runs: whole 16-lane vectors of a head's columns
-_ROWS = 12  # query rows per block (QKᵀ tile: 12 rows x 32 keys = 24 accumulators)
-_PV_ACC = 24  # accumulators of a P·V tile (rows x head_size/16 vectors)
 
 
-def _source(d: int, block_rows: int = _ROWS) -> str:
+def _register_budget() -> tuple[int, int]:
+    """(query rows per block, accumulators of a P·V tile) that fit the target's vector registers:
+    a QKᵀ tile of 12 rows x 32 keys is 24 zmm; on AVX2 every 16-lane vector is two of 16 ymm."""
+    return (12, 24) if host_target().avx512 else (6, 6)
+
+
+def _source(d: int, block_rows: int, pv_accumulators: int) -> str:
     nv = d // 16
-    pv_rows = max(1, min(block_rows, _PV_ACC // nv))
+    pv_rows = max(1, min(block_rows, pv_accumulators // nv))
     lines = ["import math",
              "import numpy as np",
              "from numba import njit, prange",
@@ -133,11 +138,15 @@ def _source(d: int, block_rows: int = _ROWS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def attention_kernel(head_size: int, block_rows: int = _ROWS):
-    """The compiled kernel for `head_size` (a multiple of `HEAD_MULTIPLE`) and query rows per block."""
+def attention_kernel(head_size: int, block_rows: int | None = None):
+    """The compiled kernel for `head_size` (a multiple of `HEAD_MULTIPLE`) and query rows per block
+    (default: what the target's registers hold)."""
     if head_size % HEAD_MULTIPLE:
         raise ValueError(f"generated attention needs a head size that is a multiple of {HEAD_MULTIPLE}")
-    return load_generated(f"attention_d{head_size}_r{block_rows}", _source(head_size, block_rows)).attention
+    rows, pv_accumulators = _register_budget()
+    rows = rows if block_rows is None else block_rows
+    return load_generated(f"attention_d{head_size}_r{rows}_pv{pv_accumulators}",
+                          _source(head_size, rows, pv_accumulators)).attention
 
 
 Operands = tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int, int, int, int]

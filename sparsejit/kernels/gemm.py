@@ -34,18 +34,27 @@ from numba import get_num_threads, njit
 
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.simd import vbroadcast, verf, vfma, vmax, vmul, vtanh, vzero
+from sparsejit.kernels.target import host_target
 from sparsejit.kernels.threading import configure_threading, run_dynamic_tasks
 from sparsejit.kernels.tiles import fma_tile, masked_store_tile, panel_driver, split_last_panel, zero_tile
 
-__all__ = ["ACTIVATIONS", "PackedMatrix", "pack_b", "gemm", "bind_gemm", "matmul", "warmup", "DEFAULT_TILE"]
+__all__ = ["ACTIVATIONS", "PackedMatrix", "pack_b", "gemm", "bind_gemm", "matmul", "warmup", "default_tile"]
 
 configure_threading()
 
 ACTIVATIONS = (None, "relu", "gelu_erf", "gelu_tanh")
-DEFAULT_TILE = (8, 48)  # (MR rows, NR columns): 24 zmm accumulators + 3 B vectors + 1 broadcast; 8 rows divide
+_TILE_AVX512 = (8, 48)  # (MR rows, NR columns): 24 zmm accumulators + 3 B vectors + 1 broadcast; 8 rows divide
 # the M of usual buckets (batch x sequence, sequence a multiple of 8), where 6-row tiles waste up to 3 %
+_TILE_AVX2 = (6, 16)  # 16 ymm registers: 12 accumulators (each 16-lane vector is two ymm) + 2 B + 1 broadcast
 _L2_A_BUDGET = 384 * 1024  # bytes of A rows one task should touch (B panel + A block fit in L2)
 _ALIGN = 64
+
+
+
+def default_tile() -> tuple[int, int]:
+    """(MR, NR) of the register tile for this process's target: sized to its vector register file."""
+    return _TILE_AVX512 if host_target().avx512 else _TILE_AVX2
+
 
 _DEPS = hashlib.sha1(
     b"".join(p.read_bytes() for p in (Path(__file__), Path(__file__).with_name("simd.py")))
@@ -116,8 +125,10 @@ def _aligned_empty(shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarra
     return raw[start : start + count * dt.itemsize].view(dt).reshape(shape)
 
 
-def pack_b(b: np.ndarray, nr: int = DEFAULT_TILE[1]) -> PackedMatrix:
-    """Pack a constant float32 [K, N] weight into NR-wide panels (NR a multiple of 16)."""
+def pack_b(b: np.ndarray, nr: int | None = None) -> PackedMatrix:
+    """Pack a constant float32 [K, N] weight into NR-wide panels (NR a multiple of 16; default: the
+    target's tile)."""
+    nr = default_tile()[1] if nr is None else nr
     if b.ndim != 2:
         raise ValueError(f"pack_b expects a 2-D [K, N] weight, got shape {b.shape}")
     if nr % 16 or nr <= 0:
@@ -221,10 +232,10 @@ def _kernel(k: int, n: int, mr: int, nr: int, act: str | None) -> Any:
                                lambda: _gen_gemm_source(k, n, mr, nr, act)).gemm_kernel
 
 
-def warmup(packed: PackedMatrix, activation: str | None = None, mr: int = DEFAULT_TILE[0]) -> None:
+def warmup(packed: PackedMatrix, activation: str | None = None, mr: int | None = None) -> None:
     """Generate and compile (or load from cache) the kernel `gemm` will use for this weight."""
     _check_activation(activation)
-    _kernel(packed.k, packed.n, mr, packed.nr, activation)
+    _kernel(packed.k, packed.n, default_tile()[0] if mr is None else mr, packed.nr, activation)
 
 
 def _check_activation(activation: str | None) -> None:
@@ -292,14 +303,16 @@ def gemm(
     bias: np.ndarray | None = None,
     activation: str | None = None,
     residual: np.ndarray | None = None,
-    mr: int = DEFAULT_TILE[0],
+    mr: int | None = None,
 ) -> None:
     """out = act(a @ B + bias) + residual, written into `out` (float32, C-contiguous).
 
     `a` is [..., K] (leading dims flattened to M rows), `out` and `residual` are [..., N] with the
     same leading dims; `bias` is [N]. `residual` may alias `out` (it is then copied first); `a` must
-    not overlap `out`. K = 0 gives act(bias) + residual.
+    not overlap `out`. K = 0 gives act(bias) + residual. `mr`: rows per register tile (default:
+    the target's).
     """
+    mr = default_tile()[0] if mr is None else mr
     ops = gemm_operands(a, packed.k, packed.n, out, bias, residual, activation)
     if ops is None:
         return
@@ -312,13 +325,14 @@ def gemm(
 
 def bind_gemm(a: np.ndarray, packed: PackedMatrix, out: np.ndarray, bias: np.ndarray | None = None,
               activation: str | None = None, residual: np.ndarray | None = None,
-              mr: int = DEFAULT_TILE[0]) -> Callable[[], None]:
+              mr: int | None = None) -> Callable[[], None]:
     """`gemm` with its operands fixed: checks, views and kernel lookup done once, here.
 
     Returns `run()`, which reads the current contents of `a` (and `residual`) and writes `out`. When
     an operand would need a copy at every call (not C-contiguous float32, or a residual aliasing
     `out`), `run` is plain `gemm` on the same operands.
     """
+    mr = default_tile()[0] if mr is None else mr
     ops = gemm_operands(a, packed.k, packed.n, out, bias, residual, activation)
     if ops is None:
         return lambda: None
@@ -348,12 +362,12 @@ def tiles_per_block(m: int, row_bytes: int, mr: int, n_panels: int, budget: int 
 # ----------------------------------------------------------------------------------------------
 # matmul of two activations (batched), runtime shapes
 
-_MM_MR = 6
-_MM_NV = 2  # 32 columns per tile
+def _matmul_tile() -> tuple[int, int]:
+    """(rows, 16-lane vectors) of the batched matmul's tile: 12 accumulators in zmm, 6 (12 ymm) on AVX2."""
+    return (6, 2) if host_target().avx512 else (6, 1)
 
 
-def _gen_matmul_source() -> str:
-    mr, nv = _MM_MR, _MM_NV
+def _gen_matmul_source(mr: int, nv: int) -> str:
     L: list[str] = []
     emit = L.append
     emit(f"# Generated by sparsejit.kernels.gemm: batched matmul MR={mr} NV={nv} deps={_DEPS}")
@@ -414,5 +428,6 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         return
     a_f = np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
     b_f = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
-    kernel = load_generated_once("matmul", _gen_matmul_source).matmul_kernel
+    mr, nv = _matmul_tile()
+    kernel = load_generated_once(f"matmul_{mr}x{16 * nv}", lambda: _gen_matmul_source(mr, nv)).matmul_kernel
     run_dynamic_tasks(kernel, a_f, b_f, out_f, batch, m, k, n)

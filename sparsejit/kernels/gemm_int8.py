@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit
 
 from sparsejit.kernels.codegen import load_generated_once
-from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty, tiles_per_block
+from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty, default_tile, tiles_per_block
 from sparsejit.kernels.gemm_amx import AMX_MR, AMX_NR, amx_kernel, amx_tile_configs
 from sparsejit.kernels.quantize import convert_rows, dynamic_quantize_rows, quantize_rows
 from sparsejit.kernels.simd_amx import amx_usable, require_amx
@@ -45,11 +45,17 @@ from sparsejit.kernels.threading import configure_threading, run_dynamic_tasks
 from sparsejit.kernels.tiles import epilogue_setup, group4_dot_tile, panel_driver, row_epilogue, split_last_panel
 
 __all__ = ["PackedInt8", "pack_b_int8", "qgemm", "quantize_rows", "dynamic_quantize_rows", "convert_rows",
-           "DEFAULT_TILE_INT8", "epilogue_vectors", "bind_epilogue_vectors", "pad_columns", "bind_qgemm"]
+           "default_tile_int8", "epilogue_vectors", "bind_epilogue_vectors", "pad_columns", "bind_qgemm"]
 
 configure_threading()
 
-DEFAULT_TILE_INT8 = (8, 48)  # as the fp32 GEMM: no wasted rows for M a multiple of 8
+
+
+def default_tile_int8() -> tuple[int, int]:
+    """(MR, NR) of the int8 register tile: as the fp32 GEMM's (8 x 48 in zmm; 6 x 16 in ymm on AVX2)."""
+    return default_tile()
+
+
 _L2_A_BUDGET = 256 * 1024
 _HERE = Path(__file__)
 _DEPS = hashlib.sha1(b"".join(p.read_bytes() for p in (
@@ -97,7 +103,7 @@ def _per_column(value: np.ndarray | float | int, n: int, dtype: Any) -> np.ndarr
 
 
 def pack_b_int8(w: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray | int | None = None,
-                nr: int = DEFAULT_TILE_INT8[1], layout: str | None = None) -> PackedInt8:
+                nr: int | None = None, layout: str | None = None) -> PackedInt8:
     """Pack an int8 or uint8 [K, N] weight with per-tensor or per-column scale and zero point.
 
     `layout`: "vnni" (panels of `nr` columns for the AVX-512 kernels), "amx" (panels of 32 columns,
@@ -113,6 +119,7 @@ def pack_b_int8(w: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray
     if layout == "amx":
         require_amx()
         nr = AMX_NR
+    nr = default_tile_int8()[1] if nr is None else nr
     if nr % 16 or nr <= 0:
         raise ValueError(f"panel width must be a positive multiple of 16, got {nr}")
     k, n = (int(s) for s in w.shape)
@@ -204,7 +211,7 @@ _NO_ROWSUM = np.zeros(1, dtype=np.int32)
 
 def qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, comp: np.ndarray, scale: np.ndarray,
           bias: np.ndarray | None = None, activation: str | None = None, residual: np.ndarray | None = None,
-          rowsum: np.ndarray | None = None, out_zero: int = 0, mr: int = DEFAULT_TILE_INT8[0]) -> None:
+          rowsum: np.ndarray | None = None, out_zero: int = 0, mr: int | None = None) -> None:
     """Run the int8 GEMM on the quantised activation scratch `a_q` (uint8 [M, KP]).
 
     `comp` (int32) and `scale` (float32) are per-column vectors of `n_panels * NR` entries (see the
@@ -218,7 +225,7 @@ def qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, comp: np.ndarray
 def bind_qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, bias: np.ndarray | None = None,
                activation: str | None = None, residual: np.ndarray | None = None,
                rowsum: np.ndarray | None = None, out_zero: int = 0,
-               mr: int = DEFAULT_TILE_INT8[0]) -> Callable[[np.ndarray, np.ndarray], None]:
+               mr: int | None = None) -> Callable[[np.ndarray, np.ndarray], None]:
     """`qgemm` with its operands fixed: checks, views and kernel lookup done once, here.
 
     Returns `run(comp, scale)`, which reads the current contents of `a_q`, `residual` and `rowsum`
@@ -267,6 +274,7 @@ def bind_qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, bias: np.nd
                               blocks, has_res, packed.has_zero, zero_y, qlo, qhi)
 
         return run_amx
+    mr = default_tile_int8()[0] if mr is None else mr
     kernel = _kernel(packed.k, packed.n, mr, packed.nr, act, out_q, nt)
     tpb = tiles_per_block(m, packed.kp, mr, packed.n_panels, _L2_A_BUDGET)
 

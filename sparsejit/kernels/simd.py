@@ -481,27 +481,28 @@ def vdpbusd(typingctx, acc, a, b):
 
 
 def _portable_dpbusd(builder, acc, a, b):  # type: ignore[no-untyped-def]
-    """`vpdpbusd` without AVX-512 VNNI, exactly (4 products of at most 255 * 128 fit in int32): on AVX2,
-    bytes widened to int16 and multiplied pairwise by `vpmaddwd` (exact, unlike `vpmaddubsw`, whose
-    int16 pair sums saturate), then adjacent pair sums added; elsewhere in plain vector IR."""
-    bytes64 = ir.VectorType(ir.IntType(8), 4 * LANES)
+    """`vpdpbusd` without AVX-512 VNNI, exactly (4 products of at most 255 * 128 fit in int32).
+
+    On AVX2, each int32 lane's bytes split into two int16 pairs in place, with no shuffles: the even
+    bytes (a0, a2) and odd bytes (a1, a3) of `a` zero-extended by masking and shifting the lane, those
+    of `b` sign-extended by shifting its int16 halves; two `vpmaddwd` then give a0*b0 + a2*b2 and
+    a1*b1 + a3*b3 (exact, unlike `vpmaddubsw`, whose int16 pair sums saturate). In a GEMM tile the
+    splits of a broadcast activation and of a weight vector are shared by the whole tile row / column,
+    so two `vpmaddwd` and two adds remain per 32 products. Elsewhere: plain vector IR."""
     if host_target().has("avx2"):
-        words = ir.VectorType(ir.IntType(16), 4 * LANES)
-        a16 = builder.zext(builder.bitcast(a, bytes64), words)
-        b16 = builder.sext(builder.bitcast(b, bytes64), words)
-        pairs = []
-        for c in range(4):  # four ymm halves: 16 int16 -> 8 int32 pair sums each
-            pick = ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES * c, LANES * (c + 1))))
-            operands = [builder.shuffle_vector(a16, a16, pick), builder.shuffle_vector(b16, b16, pick)]
-            pairs.append(_call_intrinsic(builder, "llvm.x86.avx2.pmadd.wd", ir.VectorType(_I32, 8), operands))
-        first16 = ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES)))
-        lo = builder.shuffle_vector(pairs[0], pairs[1], first16)
-        hi = builder.shuffle_vector(pairs[2], pairs[3], first16)
-        both = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 2 * LANES), list(range(2 * LANES))))
-        even = builder.shuffle_vector(both, both, ir.Constant(ir.VectorType(_I32, LANES), list(range(0, 2 * LANES, 2))))
-        odd = builder.shuffle_vector(both, both, ir.Constant(ir.VectorType(_I32, LANES), list(range(1, 2 * LANES, 2))))
-        return builder.add(acc, builder.add(even, odd))
-    wide = ir.VectorType(_I32, 4 * LANES)
+        words = ir.VectorType(ir.IntType(16), 2 * LANES)
+        low_bytes = ir.Constant(_VI, [0x00FF00FF] * LANES)
+        eight = ir.Constant(words, [8] * (2 * LANES))
+        a_even = builder.and_(a, low_bytes)
+        a_odd = builder.and_(builder.lshr(a, ir.Constant(_VI, [8] * LANES)), low_bytes)
+        b16 = builder.bitcast(b, words)
+        b_even = builder.ashr(builder.shl(b16, eight), eight)
+        b_odd = builder.ashr(b16, eight)
+        total = acc
+        for x, y in ((a_even, b_even), (a_odd, b_odd)):
+            total = builder.add(total, _pmaddwd16(builder, builder.bitcast(x, words), y))
+        return total
+    bytes64, wide = ir.VectorType(ir.IntType(8), 4 * LANES), ir.VectorType(_I32, 4 * LANES)
     products = builder.mul(builder.zext(builder.bitcast(a, bytes64), wide),
                            builder.sext(builder.bitcast(b, bytes64), wide))
     total = acc
@@ -509,6 +510,16 @@ def _portable_dpbusd(builder, acc, a, b):  # type: ignore[no-untyped-def]
         pick = ir.Constant(ir.VectorType(_I32, LANES), [4 * i + j for i in range(LANES)])
         total = builder.add(total, builder.shuffle_vector(products, products, pick))
     return total
+
+
+def _pmaddwd16(builder, x, y):  # type: ignore[no-untyped-def]
+    """`vpmaddwd` over 32 int16 lanes as two ymm halves: 16 int32 sums of adjacent products."""
+    halves = []
+    for h in range(2):
+        pick = ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES * h, LANES * (h + 1))))
+        halves.append(_call_intrinsic(builder, "llvm.x86.avx2.pmadd.wd", ir.VectorType(_I32, 8),
+                                      [builder.shuffle_vector(x, x, pick), builder.shuffle_vector(y, y, pick)]))
+    return builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES))))
 
 
 class _BFloatType(ir.Type):
