@@ -12,7 +12,7 @@ from onnx import helper as oh
 from onnx import numpy_helper as nh
 
 import sparsejit
-from sparsejit.graph import elementwise_chains, matmul_epilogue, quant_fusion
+from sparsejit.graph import elementwise_chains, matmul_epilogue, quant_fusion, redundant_requantize
 from sparsejit.graph.ir import Graph, Node, Value
 from sparsejit.graph.onnx_import import load_onnx
 from sparsejit.graph.passes import PASSES
@@ -166,3 +166,67 @@ def test_a_chain_fuses_and_a_value_read_twice_ends_it() -> None:
 def test_every_pass_module_has_a_name_and_run() -> None:
     names = [module.NAME for module in PASSES]
     assert len(set(names)) == len(names) and all(callable(module.run) for module in PASSES)
+
+
+# ---- redundant_requantize -----------------------------------------------------------------------
+
+
+def _fake_quant(x: str, y: str, scale: str = "s", zero: str = "z") -> list[Node]:
+    return [Node("QuantizeLinear", [x, scale, zero], [f"{y}_q"]),
+            Node("DequantizeLinear", [f"{y}_q", scale, zero], [y])]
+
+
+_GRID = {"s": np.array(0.05, np.float32), "z": np.array(128, np.uint8), "s2": np.array(0.1, np.float32)}
+
+
+def test_requantising_a_moved_dequantized_value_on_its_own_grid_is_dropped() -> None:
+    before = _graph(_fake_quant("x", "a") + [Node("Transpose", ["a"], ["t"], {"perm": [1, 0]})]
+                    + _fake_quant("t", "b") + [Node("Reshape", ["b", "shape"], ["r"])]
+                    + _fake_quant("r", "c") + [Node("Relu", ["c"], ["y"])],
+                    {"x": (4, 6)}, ["y"], {**_GRID, "shape": np.array([6, 4], np.int64)})
+    after = redundant_requantize.run(before, None)
+    assert _structure(after) == [("QuantizeLinear", ("x", "s", "z"), ("a_q",)),
+                                 ("DequantizeLinear", ("a_q", "s", "z"), ("a",)),
+                                 ("Transpose", ("a",), ("t",)), ("Reshape", ("t", "shape"), ("r",)),
+                                 ("Relu", ("r",), ("y",))]
+    check_well_formed(after)
+
+
+@pytest.mark.parametrize("case", ["other scale", "raw input", "graph output"])
+def test_requantising_onto_another_grid_or_from_raw_values_stays(case: str) -> None:
+    second = _fake_quant("t", "b", scale="s2" if case == "other scale" else "s")
+    first = [] if case == "raw input" else _fake_quant("x", "a")
+    nodes = first + [Node("Transpose", ["x" if case == "raw input" else "a"], ["t"], {"perm": [1, 0]})] + second
+    outputs = ["b"] if case == "graph output" else ["y"]
+    if case != "graph output":
+        nodes.append(Node("Relu", ["b"], ["y"]))
+    before = _graph(nodes, {"x": (4, 6)}, outputs, _GRID)
+    expected = _structure(before)
+    assert _structure(redundant_requantize.run(before, None)) == expected
+
+
+def test_dropped_requantisation_matches_onnxruntime(tmp_path) -> None:
+    """x -> Q/DQ -> Transpose -> Q/DQ -> Reshape -> Q/DQ -> MatMul, with values past the int8 range
+    (saturating) and exact .5 ties: sparsejit without the two inner pairs against onnxruntime with them."""
+    s, z = nh.from_array(_GRID["s"], "s"), nh.from_array(_GRID["z"], "z")
+    w = nh.from_array(_w(12, 5), "W")
+    shape = nh.from_array(np.array([2, 12], np.int64), "shape")
+    def pair(x: str, y: str) -> list[onnx.NodeProto]:
+        return [oh.make_node("QuantizeLinear", [x, "s", "z"], [y + "q"]),
+                oh.make_node("DequantizeLinear", [y + "q", "s", "z"], [y])]
+
+    nodes = (pair("x", "a") + [oh.make_node("Transpose", ["a"], ["t"], perm=[0, 2, 1])] + pair("t", "td")
+             + [oh.make_node("Reshape", ["td", "shape"], ["r"])] + pair("r", "rd")
+             + [oh.make_node("MatMul", ["rd", "W"], ["y"])])
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5])], [s, z, w, shape])
+    path = tmp_path / "m.onnx"
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), str(path))
+    x = (RNG.standard_normal((2, 3, 4)) * 5).astype(np.float32)
+    x[0, 0, :2] = [0.025, -0.075]  # ties: round half to even
+    engine = sparsejit.compile(path)
+    ours = engine.run({"x": x})["y"]
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+    assert sum(n.op_type == "QuantizeLinear" for n in redundant_requantize.run(
+        specialise(load_onnx(onnx.load(str(path))), {"x": (2, 3, 4)}), None).nodes) == 1

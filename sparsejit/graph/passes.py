@@ -12,15 +12,24 @@ import itertools
 import os
 from pathlib import Path
 
-from sparsejit.graph import attention, cse, elementwise_chains, matmul_epilogue, qkv_merge, quant_fusion
+from sparsejit.graph import (
+    attention,
+    cse,
+    elementwise_chains,
+    matmul_epilogue,
+    qkv_merge,
+    quant_fusion,
+    redundant_requantize,
+)
 from sparsejit.graph.ir import Graph
 from sparsejit.graph.pass_context import PassContext
 from sparsejit.graph.rewrite import check_well_formed
 
-# Order matters: the int8 products must exist before their epilogues fuse; attention reads the fused
+# Order matters: the int8 products must exist before their epilogues fuse and before redundant Q -> DQ
+# pairs go (quant_fusion reads the pairs in front of a MatMul); attention reads the fused
 # products; Q/K/V merging reads the fused attention; CSE runs before the elementwise chains are fused
 # (it does not look inside fused chains).
-PASSES = (quant_fusion, matmul_epilogue, attention, qkv_merge, cse, elementwise_chains)
+PASSES = (quant_fusion, redundant_requantize, matmul_epilogue, attention, qkv_merge, cse, elementwise_chains)
 
 _dump_counter = itertools.count()
 
