@@ -10,6 +10,7 @@ peak memory of each engine after compiling and running the file in a fresh proce
 
     python -m bench.int8_forms                                 # every form, 1x128 and 16x128, 2 threads
     python -m bench.int8_forms --forms qdq,dynamic --shapes 1x128 --seconds 4 --no-memory --no-compile
+    python -m bench.int8_forms --shapes "" --no-compile        # memory rows only
 
 OpenVINO runs with PERFORMANCE_HINT=LATENCY and INFERENCE_NUM_THREADS=threads, its default precision
 (bf16 on CPUs with AMX, else f32 for the non-quantised parts). Needs the bench extra:
@@ -37,7 +38,7 @@ from bench.compile_time import _compile_seconds, model_for  # noqa: E402
 FORMS = ("fp32", "dynamic", "qdq", "qdq-pc", "qop")
 
 _MEMORY = """
-import json, resource, sys
+import json, sys
 import numpy as np
 import psutil
 engine, path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -59,7 +60,8 @@ else:
 for _ in range(20):
     run()
 rss = psutil.Process().memory_info().rss
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child of a big process inherits its peak
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"rss_mb": (rss - base) / 2**20, "peak_mb": (peak - base) / 2**20}))
 """
 
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.compile:
             with tempfile.TemporaryDirectory() as cache:
                 cold = _compile_seconds(path, cache)
-        for shape in args.shapes.split(","):
+        for shape in filter(None, args.shapes.split(",")):
             batch, seq = (int(v) for v in shape.split("x"))
             feed = _feed(path, batch, seq)
             engines = _engines(path, batch, seq, args.threads)

@@ -593,3 +593,33 @@ def test_qgemm_non_temporal_stores_write_the_same_output(monkeypatch: pytest.Mon
     np.testing.assert_array_equal(outputs[0], outputs[1 << 40])
     assert not streaming.streams_output(_aligned_empty((m * n + 16,))[1:], n)  # 4 bytes off alignment
     assert not streaming.streams_output(_aligned_empty((m, n + 1)), n + 1)  # rows not whole vectors
+
+
+@pytest.mark.parametrize("quantised_y,per_column,trans_b", [(True, True, True), (False, False, False),
+                                                             (True, False, False)])
+def test_qgemm_matches_onnxruntime(quantised_y: bool, per_column: bool, trans_b: bool) -> None:
+    """com.microsoft QGemm as quantize_static's QOperator form writes it for a Gemm (BERT's pooler):
+    int32 bias, per-tensor or per-column weight scales, quantised or float output; bit-exact."""
+    rng = np.random.default_rng(3)
+    m, k, n = 5, 24, 7
+    a = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    b = rng.integers(-128, 128, (n, k) if trans_b else (k, n)).astype(np.int8)
+    sb = (rng.random(n if per_column else 1) * 0.01 + 0.001).astype(np.float32)
+    zb = np.zeros(sb.shape, np.int8)
+    inits = [nh.from_array(np.array(0.02, np.float32), "sa"), nh.from_array(np.array(131, np.uint8), "za"),
+             nh.from_array(b, "B"), nh.from_array(sb.reshape(-1) if per_column else sb.reshape(()), "sb"),
+             nh.from_array(zb.reshape(-1) if per_column else zb.reshape(()), "zb"),
+             nh.from_array(rng.integers(-5000, 5000, n).astype(np.int32), "C"),
+             nh.from_array(np.array(0.05, np.float32), "sy"), nh.from_array(np.array(120, np.uint8), "zy")]
+    inputs = ["A", "sa", "za", "B", "sb", "zb", "C"] + (["sy", "zy"] if quantised_y else [])
+    node = oh.make_node("QGemm", inputs, ["Y"], domain="com.microsoft", alpha=0.75, transB=int(trans_b))
+    out_type = TensorProto.UINT8 if quantised_y else TensorProto.FLOAT
+    graph = oh.make_graph([node], "g", [oh.make_tensor_value_info("A", TensorProto.UINT8, [m, k])],
+                          [oh.make_tensor_value_info("Y", out_type, [m, n])], inits)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 9
+    data = model.SerializeToString()
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
+    got = sparsejit.Engine(data, input_shapes={"A": (m, k)}).run({"A": a})["Y"]
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(got, ref)

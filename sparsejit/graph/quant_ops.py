@@ -213,3 +213,51 @@ def _eval_qlinear_softmax(node: Node, arrays: list[np.ndarray | None]) -> list[n
 for _op in ("QLinearAdd", "QLinearMul"):
     register_custom_op(MS_DOMAIN, _op, CustomOp(_infer_qlinear_binary, _eval_qlinear_binary))
 register_custom_op(MS_DOMAIN, "QLinearSoftmax", CustomOp(_infer_qlinear_softmax, _eval_qlinear_softmax))
+
+
+# ----------------------------------------------------------------------------------------------
+# com.microsoft QGemm (what quantize_static's QOperator form writes for a Gemm, e.g. BERT's pooler)
+
+
+def _qgemm_dims(node: Node, a_shape: tuple[int, ...], b_shape: tuple[int, ...]) -> tuple[int, int]:
+    m = a_shape[1] if node.attrs.get("transA", 0) else a_shape[0]
+    n = b_shape[0] if node.attrs.get("transB", 0) else b_shape[1]
+    return int(m), int(n)
+
+
+def _infer_qgemm(node: Node, inputs: list[Value | None], consts: list[np.ndarray | None]) -> list[Value]:
+    a, b = inputs[0], inputs[3]
+    assert a is not None and b is not None and a.shape is not None and b.shape is not None
+    has_y = len(node.inputs) > 7 and bool(node.inputs[7])
+    dtype = _out_dtype(inputs, 8, a.dtype) if has_y else np.dtype(np.float32)
+    return [Value(node.outputs[0], dtype, _qgemm_dims(node, tuple(a.shape), tuple(b.shape)))]
+
+
+def qgemm_reference(node: Node, arrays: list[np.ndarray | None]) -> np.ndarray:
+    """As onnxruntime's QGemm: int32 C + (A - za)(B - zb) exactly, times alpha * sa * sb (per column) [/ sy],
+    then rounded half to even, offset by zy and saturated when Y is quantised; float32 otherwise."""
+    a, b = arrays[0], arrays[3]
+    assert a is not None and b is not None
+    if node.attrs.get("transA", 0):
+        a = a.T
+    if node.attrs.get("transB", 0):
+        b = b.T
+    za, zb = _input(arrays, 2), _input(arrays, 5)
+    acc = (a.astype(np.int64) - (0 if za is None else np.int64(za.reshape(())))) @ (
+        b.astype(np.int64) - (0 if zb is None else zb.astype(np.int64).reshape(-1)))
+    c = _input(arrays, 6)
+    if c is not None:
+        acc = acc + c.astype(np.int64)
+    sa, sb = np.float32(arrays[1].reshape(())), arrays[4].astype(np.float32).reshape(-1)
+    scale = np.float32(node.attrs.get("alpha", 1.0)) * sa * sb
+    sy, zy = _input(arrays, 7), _input(arrays, 8)
+    if sy is None:
+        return acc.astype(np.float32) * scale
+    scale = scale / np.float32(sy.reshape(()))
+    dtype = zy.dtype if zy is not None else a.dtype
+    lo, hi = (-128, 127) if dtype == np.int8 else (0, 255)
+    y = np.rint(acc.astype(np.int32).astype(np.float32) * scale) + np.float32(0 if zy is None else zy.reshape(()))
+    return np.clip(y, lo, hi).astype(dtype)
+
+
+register_custom_op(MS_DOMAIN, "QGemm", CustomOp(_infer_qgemm, lambda node, arrays: [qgemm_reference(node, arrays)]))

@@ -18,6 +18,7 @@ from sparsejit.graph.reference import evaluate, infer_outputs
 
 # Folding these would materialise large tensors from small ones for no gain.
 _NEVER_FOLD_OUTPUT_ELEMENTS = 1 << 24
+_GATHERED_TABLE_MIN_ELEMENTS = 1 << 20
 
 
 def _fold_node(graph: Graph, node: Node, consts: dict[str, np.ndarray]) -> bool:
@@ -42,14 +43,39 @@ def fold_constants(graph: Graph) -> Graph:
     """Fold every node whose inputs are all constants. Returns a new graph; weights are shared."""
     out = graph.copy()
     consts = dict(out.initializers)
+    consumers = out.consumers()
+    tables: dict[str, Node] = {}  # dequantized table -> its DequantizeLinear, moved after each Gather
     kept: list[Node] = []
     for node in out.nodes:
-        if not foldable(node.op_type, node.domain) or not _fold_node(out, node, consts):
+        if _gathered_table(node, consumers, consts):
+            tables[node.outputs[0]] = node
+        elif node.op_type == "Gather" and not node.domain and node.inputs[0] in tables:
+            dq, rows = tables[node.inputs[0]], node.outputs[0] + "/int8_rows"
+            kept.append(Node("Gather", [dq.inputs[0], *node.inputs[1:]], [rows], dict(node.attrs), "", node.name))
+            kept.append(Node("DequantizeLinear", [rows, *dq.inputs[1:]], list(node.outputs), {}, "",
+                             dq.name + "/rows"))
+        elif not foldable(node.op_type, node.domain) or not _fold_node(out, node, consts):
             kept.append(node)
     out.nodes = kept
     out.initializers = _used_constants(kept, out.outputs, consts)
     return out
 
+
+
+def _gathered_table(node: Node, consumers: dict[str, list[Node]], consts: dict[str, np.ndarray]) -> bool:
+    """A large int8 table dequantized per tensor only to be read by Gathers (a quantised embedding):
+    folded, it would sit in memory at four times its size for the few rows a run reads. Instead each
+    Gather reads int8 rows and the dequantization (same scale and zero point) runs on those alone."""
+    if node.op_type != "DequantizeLinear" or node.domain:
+        return False
+    params = [consts.get(name) for name in node.inputs[1:] if name]
+    if any(p is None or p.size != 1 for p in params) or node.attrs.get("block_size"):
+        return False
+    table = consts.get(node.inputs[0])
+    readers = consumers.get(node.outputs[0], [])
+    return (table is not None and table.size >= _GATHERED_TABLE_MIN_ELEMENTS and bool(readers)
+            and all(r.op_type == "Gather" and not r.domain and r.inputs[0] == node.outputs[0]
+                    and node.outputs[0] not in r.inputs[1:] for r in readers))
 
 
 def _used_constants(nodes: list[Node], outputs: list[Value], consts: dict[str, np.ndarray]):

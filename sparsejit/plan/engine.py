@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -97,20 +99,32 @@ class Engine:
                 shapes = self._bucket_shapes(bucket)
                 self._plans[bucket] = self._make_plan(shapes)
         self._output_roles = self._find_output_roles(graph)
-        self._release_packed_weights()
+        self._release_compile_only_data()
 
-    def _release_packed_weights(self) -> None:
-        """Every bucket is compiled: weights kept in a packed or compressed form need no fp32 copy."""
+    def _release_compile_only_data(self) -> None:
+        """Every bucket is compiled: keep one copy of each weight, in the form its kernel reads.
+
+        Weights kept packed or compressed by their kernels lose their unpacked copy; the folded model
+        graph (float32 dequantized weights of int8 models beside their int8 sources) and the int8
+        provenance records were only needed to build the plans, so they go too.
+        """
         released = set()
         for key, value in self._weight_cache.items():
             if isinstance(key, tuple) and key[0] == "weight_kernels":
                 value.release_weight()
                 released.add(key[1])
-        for graph in [self._graph] + [plan.graph for plan in self._plans.values()]:
+        for plan in self._plans.values():
             for name in released:
-                graph.initializers.pop(name, None)
+                plan.graph.initializers.pop(name, None)
+            plan.graph.int8_sources.clear()
+        self._graph.initializers.clear()  # no plan is made after this: `_make_plan` refuses
+        self._graph.int8_sources.clear()
+        self._compiled = True
+        return_freed_memory()
 
     def _make_plan(self, shapes: dict[str, tuple[int, ...]]) -> Plan:
+        if getattr(self, "_compiled", False):
+            raise RuntimeError("this engine's model data was released after compiling its buckets")
         graph = specialise(self._graph, shapes)
         if self.optimize:
             graph = optimise(graph, pass_context())
@@ -359,6 +373,20 @@ def _buckets(inputs: list[Value], roles, batch_size, sequence_length) -> list[Bu
     if not lengths or lengths[0] < 1:
         raise ShapeError(f"sequence lengths must be ≥ 1, got {sequence_length}")
     return [Bucket(int(batch_size), s) for s in lengths]
+
+
+def return_freed_memory() -> None:
+    """Give freed heap memory back to the OS (glibc's `malloc_trim`): the weights released above were
+    allocated on the heap, which glibc otherwise keeps, so the process would stay as large as at its
+    compile-time peak. A no-op where the C library has no `malloc_trim`."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to call
+        return
+    trim(0)
 
 
 def compile(model: ModelSource, batch_size: int | None = None,

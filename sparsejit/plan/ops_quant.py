@@ -21,7 +21,7 @@ import numpy as np
 from sparsejit.errors import UnsupportedOperatorError
 from sparsejit.graph import quant_ops  # noqa: F401  (registers the quantisation op rules)
 from sparsejit.graph.ir import Node
-from sparsejit.graph.quant_ops import MS_DOMAIN, axis_shape, matmulnbits_weight
+from sparsejit.graph.quant_ops import MS_DOMAIN, axis_shape, matmulnbits_weight, qgemm_reference
 from sparsejit.kernels.elementwise import elementwise_step
 from sparsejit.kernels.gemm import gemm, pack_b
 from sparsejit.kernels.gemm import matmul as simd_matmul
@@ -333,6 +333,29 @@ def _qlinear_softmax(node: Node, ctx: LowerContext) -> Step:
         dequant()
         norm()
         requant()
+
+    return run
+
+
+@lowers("QGemm", domain=MS_DOMAIN)
+def _qgemm(node: Node, ctx: LowerContext) -> Step:
+    """QOperator's quantised Gemm (BERT's pooler: one row per sequence), computed exactly as
+    `quant_ops.qgemm_reference` (integer sums in int64 through numpy, onnxruntime's requantisation)."""
+    names = list(node.inputs) + [""] * (9 - len(node.inputs))
+    if any(ctx.const(names[i]) is None for i in (1, 2, 4, 5, 7, 8) if names[i]):
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "run-time scales")
+    consts = {i: ctx.const(names[i]) for i in (1, 2, 3, 4, 5, 6, 7, 8) if names[i]}
+    a = ctx.operand(names[0])
+    b = consts.get(3) if 3 in consts else ctx.operand(names[3])
+    out = ctx.array(node.outputs[0])
+    arrays = [None] * 9
+    for i, value in consts.items():
+        arrays[i] = value
+
+    def run() -> None:
+        arrays[0] = a
+        arrays[3] = b
+        np.copyto(out, qgemm_reference(node, arrays))
 
     return run
 
