@@ -113,6 +113,8 @@ class Engine:
             if isinstance(key, tuple) and key[0] == "weight_kernels":
                 value.release_weight()
                 released.add(key[1])
+            elif isinstance(key, tuple) and key[0] == "packed_int8":  # QLinearMatMul's constant weight
+                released.add(key[1])
         for plan in self._plans.values():
             for name in released:
                 plan.graph.initializers.pop(name, None)
