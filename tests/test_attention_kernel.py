@@ -9,6 +9,8 @@ from numba import njit
 from sparsejit.kernels.attention import attention_kernel, bias_strides, packed_qkv_operands, qkv_operands
 from sparsejit.kernels.simd import vtranspose16
 
+NO_FQ = np.zeros(16, np.float32)  # no fake-quantisation point
+
 
 @njit(cache=True)
 def _transpose(src, soff, sstride, nrows, dst, doff, dstride):  # type: ignore[no-untyped-def]
@@ -64,7 +66,8 @@ def test_attention_matches_float64(batch: int, sq: int, sk: int, heads: int, d: 
         bias[..., 1, :] = -np.inf  # one query row sees no key at all
     out = np.full_like(q, 99.0)
     scale = np.float32(1.0 / np.sqrt(d))
-    attention_kernel(d)(*qkv_operands(q, k, v), bias, *bias_strides(bias), scale, nan_to_zero, heads, out)
+    attention_kernel(d)(*qkv_operands(q, k, v), bias, *bias_strides(bias), scale, nan_to_zero, heads, out, NO_FQ,
+                            np.float32(0.0 if nan_to_zero else np.nan))
     expected = _reference(q, k, v, bias, heads, float(scale), nan_to_zero)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-5)
     if bias.shape[2] == sq:
@@ -79,7 +82,8 @@ def test_attention_large_negative_scores_do_not_underflow() -> None:
     v = np.arange(5 * 16, dtype=np.float32).reshape(1, 5, 16)
     bias = np.zeros((1, 1, 1, 5), np.float32)
     out = np.empty_like(q)
-    attention_kernel(16)(*qkv_operands(q, k, v), bias, *bias_strides(bias), np.float32(1.0), True, 1, out)
+    attention_kernel(16)(*qkv_operands(q, k, v), bias, *bias_strides(bias), np.float32(1.0), True, 1, out,
+                         NO_FQ, np.float32(0.0))
     np.testing.assert_allclose(out[0, 0], v[0].mean(axis=0), rtol=1e-6)
 
 
@@ -96,8 +100,8 @@ def test_packed_qkv_reads_the_three_column_ranges(batch: int, seq: int, heads: i
     scale = np.float32(1.0 / np.sqrt(d))
     kernel = attention_kernel(d)
     separate, packed = np.empty_like(q), np.full_like(q, 99.0)
-    kernel(*qkv_operands(q, k, v), bias, *bias_strides(bias), scale, True, heads, separate)
-    kernel(*packed_qkv_operands(qkv), bias, *bias_strides(bias), scale, True, heads, packed)
+    kernel(*qkv_operands(q, k, v), bias, *bias_strides(bias), scale, True, heads, separate, NO_FQ, np.float32(0.0))
+    kernel(*packed_qkv_operands(qkv), bias, *bias_strides(bias), scale, True, heads, packed, NO_FQ, np.float32(0.0))
     np.testing.assert_array_equal(packed, separate)
     np.testing.assert_allclose(packed, _reference(q, k, v, bias, heads, float(scale), True), rtol=1e-5, atol=2e-5)
     with pytest.raises(ValueError, match="3\\*width"):

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsejit.graph.ir import Graph, Node
+from sparsejit.graph.fake_quant import FakeQuant, fake_quant_producing, fake_quant_reading
+from sparsejit.graph.ir import Graph, Node, Value
 from sparsejit.graph.pass_context import PassContext
-from sparsejit.graph.rewrite import FUSED_DOMAIN, Rewriter, Uses
+from sparsejit.graph.rewrite import FUSED_DOMAIN, Rewriter, Uses, add_constant
 
 NAME = "attention"
 
@@ -91,10 +92,11 @@ def run(graph: Graph, ctx: PassContext) -> Graph:
     for softmax in list(graph.nodes):
         if softmax.op_type != "Softmax" or softmax.domain or rewriter.is_claimed(softmax):
             continue
-        found = _match(graph, uses, uses.producers, softmax, ctx.attention_head_multiple)
-        if found is not None:
-            fused, members, last = found
-            rewriter.replace(members, fused, at=last)
+        placements = _match(graph, uses, uses.producers, softmax, ctx.attention_head_multiple)
+        if placements is None or any(rewriter.is_claimed(slot) for slot, _ in placements):
+            continue
+        for slot, node in placements:
+            rewriter.replace([slot], node)
     return rewriter.finish()
 
 
@@ -105,7 +107,13 @@ def _match(graph: Graph, uses: Uses, producers: dict[str, Node], softmax: Node, 
     if graph.opset("") < 13 or x_info.dtype != np.float32:
         return None
     members: list[Node] = [softmax]
-    path = _scores_path(graph, producers, softmax.inputs[0], 0)
+    fq: list[list[float] | None] = [None, None, None, None]  # scores, scores + terms, P, P after NaN -> 0
+    quantised = _quantised_scores(graph, uses, softmax.inputs[0])
+    if quantised is not None:
+        path, fq[0], fq[1], pairs = quantised
+        members += pairs
+    else:
+        path = _scores_path(graph, producers, softmax.inputs[0], 0)
     if path is None:
         return None
     scores_mm = path[0][0]
@@ -136,13 +144,26 @@ def _match(graph: Graph, uses: Uses, producers: dict[str, Node], softmax: Node, 
         return None
     members.append(scores_mm)
     chain: list[Node] = []
-    q = _trace_head_input(graph, uses, scores_mm.inputs[0], chain)
-    k = _trace_head_input(graph, uses, scores_mm.inputs[1], chain)
-    if q is None or k is None or q[1] != [0, 2, 1, 3] or k[1] != [0, 2, 3, 1]:
+    inputs = []  # (source, permutation, scale, fake quantisation of the scaled input, its chain nodes)
+    for name in scores_mm.inputs:
+        pair = fake_quant_producing(graph, uses, name)
+        own: list[Node] = []
+        traced = _trace_head_input(graph, uses, pair.source if pair else name, own)
+        if traced is None:
+            return None
+        inputs.append((*traced, pair, own))
+        if pair is None:
+            chain += own
+    q, k = inputs
+    if q[1] != [0, 2, 1, 3] or k[1] != [0, 2, 3, 1]:
         return None
-    # epilogue between softmax and P @ V: nothing, or Where(IsNaN(P), 0, P)
+    # epilogue between softmax and P @ V: [rounding], nothing or Where(IsNaN(P), 0, P), [rounding]
     p_name = softmax.outputs[0]
     nan_to_zero = False
+    pair = fake_quant_reading(graph, uses, p_name)
+    if pair is not None:
+        fq[2], p_name = pair.bounds, pair.output
+        members += [pair.quantize, pair.dequantize]
     nxt = uses.consumers.get(p_name, [])
     if len(nxt) == 2 and {n.op_type for n in nxt} == {"IsNaN", "Where"}:
         isnan = next(n for n in nxt if n.op_type == "IsNaN")
@@ -153,6 +174,10 @@ def _match(graph: Graph, uses: Uses, producers: dict[str, Node], softmax: Node, 
             return None
         members += [isnan, where]
         p_name, nan_to_zero = where.outputs[0], True
+        pair = fake_quant_reading(graph, uses, p_name)
+        if pair is not None:
+            fq[3], p_name = pair.bounds, pair.output
+            members += [pair.quantize, pair.dequantize]
     pv = uses.sole_consumer(p_name)
     if pv is None or pv.op_type != "MatMul" or pv.domain or pv.inputs[0] != p_name:
         return None
@@ -160,8 +185,11 @@ def _match(graph: Graph, uses: Uses, producers: dict[str, Node], softmax: Node, 
     v = _trace_head_input(graph, uses, pv.inputs[1], chain)
     if v is None or v[1] != [0, 2, 1, 3] or v[2] != 1.0:
         return None
-    # output: [Reshape to same shape] -> Transpose [0,2,1,3] -> Reshape [b, s, h*d]
+    # output: [rounding] -> [Reshape to same shape] -> Transpose [0,2,1,3] -> Reshape [b, s, h*d]
     out = pv.outputs[0]
+    out_pair = fake_quant_reading(graph, uses, out)
+    if out_pair is not None:
+        out = out_pair.output
     node = uses.sole_consumer(out)
     if node is not None and node.op_type == "Reshape" and tuple(graph.value_info[node.outputs[0]].shape) == tuple(
             graph.value_info[out].shape):
@@ -171,25 +199,55 @@ def _match(graph: Graph, uses: Uses, producers: dict[str, Node], softmax: Node, 
     if node is None or node.op_type != "Transpose" or _perm(node, 4) != [0, 2, 1, 3]:
         return None
     members.append(node)
+    out_transpose = node
     node = uses.sole_consumer(node.outputs[0])
     if node is None or node.op_type != "Reshape" or len(graph.value_info[node.outputs[0]].shape) != 3:
         return None
     members.append(node)
+    last = node
     members += chain
     b, h, s, d = graph.value_info[pv.outputs[0]].shape
     if d % multiple:
         return None
-    q_src, k_src, v_src = q[0], k[0], v[0]
-    for src in (q_src, k_src, v_src):
+    for src in (q[0], k[0], v[0]):
         if tuple(graph.value_info[src].shape) != (b, graph.value_info[src].shape[1], h * d):
             return None
     if len(terms) > 2:
         return None
-    fused = Node("Attention", [q_src, k_src, v_src] + [t for t, _ in terms], [node.outputs[0]],
-                 {"num_heads": h, "head_size": d, "scale": alpha * q[2] * k[2],
-                  "term_signs": [sgn for _, sgn in terms], "nan_to_zero": nan_to_zero},
-                 FUSED_DOMAIN, softmax.name + "/attention")
-    return fused, members, node
+    # A rounded Q or K input: the scale and the rounding move to the projection's own layout (both are
+    # elementwise, so they commute with the reshape and transposes), in the slots of the nodes replaced
+    placements: list[tuple[Node, Node | None]] = []
+    sources, scale = [], alpha
+    for src, _, factor, pair, own in (q, k):
+        if pair is None:
+            sources.append(src)
+            scale *= factor
+            continue
+        new = _rounded_input(graph, src, factor, pair, softmax.name)
+        slots = sorted(own + [pair.quantize, pair.dequantize], key=lambda n: graph.nodes.index(n))
+        placements += list(zip(slots, new + [None] * (len(slots) - len(new)), strict=True))
+        sources.append(new[-1].outputs[0])
+    attrs = {"num_heads": h, "head_size": d, "scale": scale, "term_signs": [sgn for _, sgn in terms],
+             "nan_to_zero": nan_to_zero}
+    if any(fq):
+        attrs["fake_quant"] = fq
+    fused_inputs = sources + [v[0]] + [t for t, _ in terms]
+    if out_pair is None:
+        fused = Node("Attention", fused_inputs, [last.outputs[0]], attrs, FUSED_DOMAIN, softmax.name + "/attention")
+        return placements + [(m, fused if m is last else None) for m in members]
+    # a rounded output: the attention writes the raw rows, the rounding follows in the [b, s, h*d] layout
+    raw = softmax.name + "/attention_output"
+    shape = graph.value_info[last.outputs[0]].shape
+    _declare(graph, [raw], np.dtype(np.float32), shape)
+    _declare(graph, [raw + "/q"], np.dtype(out_pair.grid[2]), shape)
+    fused = Node("Attention", fused_inputs, [raw], attrs, FUSED_DOMAIN, softmax.name + "/attention")
+    quantize = Node("QuantizeLinear", [raw, *out_pair.quantize.inputs[1:]], [raw + "/q"],
+                    dict(out_pair.quantize.attrs), "", out_pair.quantize.name)
+    dequantize = Node("DequantizeLinear", [raw + "/q", *out_pair.dequantize.inputs[1:]], [last.outputs[0]],
+                      dict(out_pair.dequantize.attrs), "", out_pair.dequantize.name)
+    members += [out_pair.quantize, out_pair.dequantize]
+    by = {id(pv): fused, id(out_transpose): quantize, id(last): dequantize}
+    return placements + [(m, by.get(id(m))) for m in members]
 
 
 def _scores_path(graph: Graph, producers: dict[str, Node], name: str, depth: int):
@@ -210,3 +268,51 @@ def _scores_path(graph: Graph, producers: dict[str, Node], name: str, depth: int
         if sub is not None:
             return sub + [(node, idx)]
     return None
+
+
+def _quantised_scores(graph: Graph, uses: Uses, name: str):
+    """The scores of a QDQ graph: X = round(round(S) + term) with S = MatMul(q, k), each rounding a
+    Q -> DQ pair (the first optional). Returns (path as `_scores_path`, rounding of S or None, rounding of
+    X, the pairs' nodes), or None."""
+    outer = fake_quant_producing(graph, uses, name)
+    if outer is None or uses.sole_consumer(outer.source) is not outer.quantize:
+        return None
+    add = uses.producers.get(outer.source)
+    if add is None or add.op_type != "Add" or add.domain:
+        return None
+    pairs = [outer.quantize, outer.dequantize]
+    for idx in (0, 1):
+        inner = fake_quant_producing(graph, uses, add.inputs[idx])
+        scores = inner.source if inner is not None else add.inputs[idx]
+        mm = uses.producers.get(scores)
+        if mm is None or mm.op_type != "MatMul" or mm.domain or any(i in graph.initializers for i in mm.inputs):
+            continue
+        if uses.sole_consumer(scores) is None or uses.sole_consumer(add.inputs[idx]) is not add:
+            return None
+        if inner is not None:
+            pairs += [inner.quantize, inner.dequantize]
+        return [(mm, -1), (add, idx)], inner.bounds if inner else None, outer.bounds, pairs
+    return None
+
+
+def _rounded_input(graph: Graph, src: str, factor: float, pair: FakeQuant, tag: str) -> list[Node]:
+    """round(src * factor) on the pair's grid, in src's own layout: [Mul,] Quantize, Dequantize."""
+    nodes, current = [], src
+    shape = graph.value_info[src].shape
+    _declare(graph, [f"{src}/{tag}/scaled", f"{src}/{tag}/rounded"], np.dtype(np.float32), shape)
+    _declare(graph, [f"{src}/{tag}/q"], np.dtype(pair.grid[2]), shape)
+    if factor != 1.0:
+        const = add_constant(graph, f"{src}/{tag}/scale", np.array(factor, np.float32))
+        current = f"{src}/{tag}/scaled"
+        nodes.append(Node("Mul", [src, const], [current], {}, "", current))
+    q_out = f"{src}/{tag}/q"
+    nodes.append(Node("QuantizeLinear", [current, *pair.quantize.inputs[1:]], [q_out], dict(pair.quantize.attrs),
+                      "", q_out))
+    nodes.append(Node("DequantizeLinear", [q_out, *pair.dequantize.inputs[1:]], [f"{src}/{tag}/rounded"],
+                      dict(pair.dequantize.attrs), "", f"{src}/{tag}/rounded"))
+    return nodes
+
+
+def _declare(graph: Graph, names: list[str], dtype: np.dtype, shape) -> None:  # type: ignore[no-untyped-def]
+    for name in names:
+        graph.value_info[name] = Value(name, dtype, tuple(shape))

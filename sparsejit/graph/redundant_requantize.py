@@ -14,33 +14,14 @@ those pairs) and before the attention and elementwise fusions, which then see fe
 
 from __future__ import annotations
 
-import numpy as np
-
+from sparsejit.graph.fake_quant import Grid, quant_grid
 from sparsejit.graph.ir import Graph, Node
 from sparsejit.graph.op_traits import is_view
-from sparsejit.graph.rewrite import Rewriter, Uses, remove_dead_nodes, scalar_constant
+from sparsejit.graph.rewrite import Rewriter, Uses, remove_dead_nodes
 
 NAME = "redundant_requantize"
 
 _VALUE_PRESERVING = frozenset({"Transpose"})  # beside the view ops: moves elements, never changes one
-
-Grid = tuple[float, int, str]  # scale, zero point, integer dtype
-
-
-def _grid(graph: Graph, node: Node) -> Grid | None:
-    """The per-tensor (scale, zero point, dtype) of a QuantizeLinear / DequantizeLinear node."""
-    if node.domain or node.attrs.get("block_size"):
-        return None
-    scale = scalar_constant(graph, node.inputs[1]) if len(node.inputs) > 1 else None
-    if scale is None or scale.dtype != np.float32 or not float(scale) > 0:
-        return None
-    zero_name = node.inputs[2] if len(node.inputs) > 2 else ""
-    zero = scalar_constant(graph, zero_name) if zero_name else np.zeros((), np.uint8)
-    if zero is None or zero.dtype not in (np.uint8, np.int8):
-        return None
-    if node.op_type == "QuantizeLinear" and node.attrs.get("output_dtype"):
-        return None  # an explicit output type without a zero point: left alone
-    return float(scale), int(zero), zero.dtype.str
 
 
 def run(graph: Graph, ctx: object = None) -> Graph:
@@ -65,11 +46,11 @@ def run(graph: Graph, ctx: object = None) -> Graph:
         else:
             current = node
         if node.op_type == "DequantizeLinear" and not node.domain:
-            grid = _grid(graph, node)
+            grid = quant_grid(graph, node)
             quantize = uses.producers.get(node.inputs[0])
             source = resolve(quantize.inputs[0]) if quantize is not None and quantize.inputs else ""
             if (grid is not None and quantize is not None and quantize.op_type == "QuantizeLinear"
-                    and _grid(graph, quantize) == grid and on_grid.get(source) == grid
+                    and quant_grid(graph, quantize) == grid and on_grid.get(source) == grid
                     and node.outputs[0] not in uses.graph_outputs
                     and uses.sole_consumer(quantize.outputs[0]) is node
                     and current is node and rewriter.replace([quantize, node], None)):

@@ -31,7 +31,7 @@ def _register_budget() -> tuple[int, int]:
     return (12, 24) if host_target().avx512 else (6, 6)
 
 
-def _source(d: int, block_rows: int, pv_accumulators: int) -> str:
+def _source(d: int, block_rows: int, pv_accumulators: int, fake_quant: bool = False) -> str:
     nv = d // 16
     pv_rows = max(1, min(block_rows, pv_accumulators // nv))
     lines = ["import math",
@@ -41,13 +41,27 @@ def _source(d: int, block_rows: int, pv_accumulators: int) -> str:
              "                                    vload_bcast, vload_mask, vmax, vmul, vstore, vsub,",
              "                                    vtranspose16, vzero)",
              "from sparsejit.kernels.normalization import _hmax",
+             "from sparsejit.kernels.simd import vdiv",
+             "from sparsejit.kernels.simd_int8 import vrint",
+             "",
+             "",
+             "@njit(inline='always', cache=True)",
+             "def _fq(x, fq, i):  # fake-quantise as DequantizeLinear(QuantizeLinear(x)) does (NaN -> lowest)",
+             "    if fq[4 * i] == 0.0:",
+             "        return x",
+             "    t = vdiv(x, vbroadcast(fq[4 * i]))",
+             "    low = vbroadcast(fq[4 * i + 1])",
+             "    high = vbroadcast(fq[4 * i + 2])",
+             "    t = vblend_lt(low, t, t, low)",
+             "    t = vblend_lt(t, high, t, high)",
+             "    return vmul(vrint(t), vbroadcast(fq[4 * i]))",
              "",
              "LANE = np.arange(16, dtype=np.float32)",
              "",
              "",
              "@njit(parallel=True, cache=True, nogil=True)",
              "def attention(qf, kf, vf, ldq, ldk, ldv, batch, sq, sk, bias, sb, sh, si, scale, nan_to_zero,"
-             " heads, out):",
+             " heads, out, fq, masked_fill):",
              f"    width = heads * {d}",
              f"    d = {d}",
              "    skp = (sk + 31) // 32 * 32",
@@ -91,8 +105,13 @@ def _source(d: int, block_rows: int, pv_accumulators: int) -> str:
     # scale, additive bias (masks, position terms) and key padding (-inf) applied as the scores are
     # stored (the row max is taken in the softmax pass: kept here it would cost 12 registers)
     for r in range(block_rows):
-        lines.append(f"                x = vfma(a{r}, vscale, vload_mask(bf, bb{r} + jb, n0))")
-        lines.append(f"                y = vfma(b{r}, vscale, vload_mask(bf, bb{r} + jb + 16, n1))")
+        if fake_quant:  # fq 0: the raw scores; fq 1: after the additive terms
+            for dst, acc, off, lim in (("x", f"a{r}", "", "n0"), ("y", f"b{r}", " + 16", "n1")):
+                lines.append(f"                {dst} = _fq(vadd(_fq(vmul({acc}, vscale), fq, 0),"
+                             f" vload_mask(bf, bb{r} + jb{off}, {lim})), fq, 1)")
+        else:
+            lines.append(f"                x = vfma(a{r}, vscale, vload_mask(bf, bb{r} + jb, n0))")
+            lines.append(f"                y = vfma(b{r}, vscale, vload_mask(bf, bb{r} + jb + 16, n1))")
         lines.append(f"                vstore(sc, {r} * skp + jb, vblend_lt(lane, lim0, x, ninf))")
         lines.append(f"                vstore(sc, {r} * skp + jb + 16, vblend_lt(lane, lim1, y, ninf))")
     lines += [
@@ -103,7 +122,7 @@ def _source(d: int, block_rows: int, pv_accumulators: int) -> str:
         "                    vm = vmax(vm, vload(sc, row + jb))",
         "                m = _hmax(vm, True)",
         "                if m == -np.inf or m != m:  # every key masked: the row is 0 (or NaN, as ONNX)",
-        "                    vfill = vbroadcast(np.float32(0.0) if nan_to_zero else np.float32(np.nan))",
+        "                    vfill = vbroadcast(masked_fill)",
         "                    for jb in range(0, skp, 16):",
         "                        vstore(sc, row + jb, vfill)",
         "                    inv[r] = 1.0",
@@ -116,6 +135,18 @@ def _source(d: int, block_rows: int, pv_accumulators: int) -> str:
         "                    vs = vadd(vs, ev)",
         "                inv[r] = np.float32(1.0) / vhsum(vs)  # applied to the P·V output row",
     ]
+    if fake_quant:  # P itself is quantised (fq 2, then NaN -> 0 when asked, then fq 3) before P·V
+        lines += [
+            "                vinv = vbroadcast(inv[r])",
+            "                zero = vzero()",
+            "                pinf = vbroadcast(np.inf)",
+            "                for jb in range(0, skp, 16):",
+            "                    pv = _fq(vmul(vload(sc, row + jb), vinv), fq, 2)",
+            "                    if nan_to_zero:  # NaN -> 0 (a probability is never +inf)",
+            "                        pv = vblend_lt(pv, pinf, pv, zero)",
+            "                    vstore(sc, row + jb, _fq(pv, fq, 3))",
+            "                inv[r] = 1.0",
+        ]
     # P @ V for the whole row block: each V load serves every row of the tile
     lines.append(f"            for r0 in range(0, rows, {pv_rows}):")
     for r in range(pv_rows):
@@ -138,15 +169,18 @@ def _source(d: int, block_rows: int, pv_accumulators: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def attention_kernel(head_size: int, block_rows: int | None = None):
+def attention_kernel(head_size: int, block_rows: int | None = None, fake_quant: bool = False):
     """The compiled kernel for `head_size` (a multiple of `HEAD_MULTIPLE`) and query rows per block
-    (default: what the target's registers hold)."""
+    (default: what the target's registers hold). `fake_quant`: the variant that rounds the scores, the
+    scores plus terms, the probabilities and the NaN-cleared probabilities to the quantisation grids in
+    its `fq` argument (float32 [16]: per point scale, lowest, highest, unused; scale 0 = not rounded), as
+    a QDQ graph's Q -> DQ pairs at those points do."""
     if head_size % HEAD_MULTIPLE:
         raise ValueError(f"generated attention needs a head size that is a multiple of {HEAD_MULTIPLE}")
     rows, pv_accumulators = _register_budget()
     rows = rows if block_rows is None else block_rows
-    return load_generated(f"attention_d{head_size}_r{rows}_pv{pv_accumulators}",
-                          _source(head_size, rows, pv_accumulators)).attention
+    return load_generated(f"attention_d{head_size}_r{rows}_pv{pv_accumulators}{'_fq' if fake_quant else ''}",
+                          _source(head_size, rows, pv_accumulators, fake_quant)).attention
 
 
 Operands = tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int, int, int, int]

@@ -27,15 +27,39 @@ def _attention(node: Node, ctx: LowerContext) -> Step:
     assert shape[0] in (1, batch) and shape[1] in (1, heads) and shape[2] in (1, sq) and shape[3] == sk
     bias = np.zeros(shape, dtype=np.float32)
     sb, sh, si = bias_strides(bias)
-    kernel = attention_kernel(d)
+    fake_quant = node.attrs.get("fake_quant")  # [scale, lowest, highest] per point (see graph.attention)
+    fq = np.zeros(16, np.float32)
+    for i, point in enumerate(fake_quant or []):
+        if point:
+            fq[4 * i: 4 * i + 3] = point
+    kernel = attention_kernel(d, fake_quant=bool(fake_quant))
     scale = np.float32(node.attrs["scale"])
     nan_to_zero = bool(node.attrs["nan_to_zero"])
+    masked_fill = _masked_row_value(fq, nan_to_zero)
 
     def run() -> None:
         if terms:
             np.multiply(terms[0], signs[0], out=bias, casting="unsafe")
             for term, sign in zip(terms[1:], signs[1:], strict=True):
                 bias[...] += sign * term
-        kernel(*operands, bias, sb, sh, si, scale, nan_to_zero, heads, out)
+        kernel(*operands, bias, sb, sh, si, scale, nan_to_zero, heads, out, fq, masked_fill)
 
     return run
+
+
+def _masked_row_value(fq: np.ndarray, nan_to_zero: bool) -> np.float32:
+    """What a row whose every key is masked holds before P·V: softmax gives NaN (as ONNX); then the
+    probability rounding (NaN -> its lowest value), NaN -> 0, and the second rounding, when present."""
+    value = np.float32(np.nan)
+    for i in (2, 3):
+        if i == 3 and nan_to_zero and value != value:
+            value = np.float32(0.0)
+        scale, lowest, highest = fq[4 * i: 4 * i + 3]
+        if scale:
+            t = np.float32(value / scale)
+            t = t if t > lowest else lowest
+            t = t if t < highest else highest
+            value = np.float32(np.rint(t) * scale)
+    if nan_to_zero and value != value:
+        value = np.float32(0.0)
+    return value
