@@ -15,6 +15,7 @@ import sparsejit
 from sparsejit.graph import elementwise_chains, matmul_epilogue, quant_fusion, redundant_requantize
 from sparsejit.graph.ir import Graph, Node, Value
 from sparsejit.graph.onnx_import import load_onnx
+from sparsejit.graph.pass_context import PassContext
 from sparsejit.graph.passes import PASSES
 from sparsejit.graph.rewrite import GraphRewriteError, Rewriter, check_well_formed, remove_dead_nodes
 from sparsejit.graph.specialise import fold_constants, specialise
@@ -230,3 +231,58 @@ def test_dropped_requantisation_matches_onnxruntime(tmp_path) -> None:
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
     assert sum(n.op_type == "QuantizeLinear" for n in redundant_requantize.run(
         specialise(load_onnx(onnx.load(str(path))), {"x": (2, 3, 4)}), None).nodes) == 1
+
+
+def _rounded_product_model(tmp_path):  # type: ignore[no-untyped-def]
+    """x -> Q/DQ -> MatMul(DQ(W int8)) -> Q/DQ -> + bias -> Q/DQ -> + r -> Q/DQ -> y: a QDQ product with
+    its bias and residual each rounded, as quantize_static writes it."""
+    def pair(src: str, dst: str, grid: str) -> list[onnx.NodeProto]:
+        return [oh.make_node("QuantizeLinear", [src, f"s{grid}", f"z{grid}"], [dst + "_q"]),
+                oh.make_node("DequantizeLinear", [dst + "_q", f"s{grid}", f"z{grid}"], [dst])]
+
+    w = RNG.integers(-127, 128, (32, 48)).astype(np.int8)
+    inits = [nh.from_array(w, "Wq"), nh.from_array(np.array(0.01, np.float32), "sw"),
+             nh.from_array(np.array(0, np.int8), "zw"), nh.from_array(_w(48), "bias")]
+    for i, (s, z) in enumerate([(0.03, 128), (0.05, 120), (0.06, 131), (0.08, 126)]):
+        inits += [nh.from_array(np.array(s, np.float32), f"s{i}"), nh.from_array(np.array(z, np.uint8), f"z{i}")]
+    nodes = (pair("x", "xd", "0") + [oh.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["W"]),
+                                       oh.make_node("MatMul", ["xd", "W"], ["m"])]
+             + pair("m", "md", "1") + [oh.make_node("Add", ["md", "bias"], ["a"])] + pair("a", "ad", "2")
+             + [oh.make_node("Add", ["ad", "r"], ["b"])] + pair("b", "y", "3"))
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [8, 32]),
+                                       oh.make_tensor_value_info("r", TensorProto.FLOAT, [8, 48])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [8, 48])], inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_rounded_bias_and_residual_fuse_into_the_int8_product(tmp_path, allowed: bool) -> None:
+    path = _rounded_product_model(tmp_path)
+    graph = specialise(fold_constants(load_onnx(onnx.load(str(path)))), {"x": (8, 32), "r": (8, 48)})
+    ctx = PassContext(attention_head_multiple=16, qkv_merge_max_rows=None, int8_fake_quant_epilogue=allowed)
+    after = quant_fusion.run(graph, ctx)
+    products = [n for n in after.nodes if n.op_type == "QMatMul"]
+    assert len(products) == 1
+    if allowed:
+        assert [n.op_type for n in after.nodes] == ["QMatMul"]
+        assert products[0].inputs[4] and products[0].inputs[5] == "r"
+        assert [p[0] for p in products[0].attrs["fake_quant"]] == pytest.approx([0.05, 0.06, 0.08])
+        assert products[0].attrs["output_grid"][:2] == pytest.approx([0.08, 126])
+    else:
+        assert "fake_quant" not in products[0].attrs and len(after.nodes) > 1
+
+
+def test_rounded_epilogue_matches_onnxruntime(tmp_path) -> None:
+    """Against onnxruntime's literal graph (every pair in float): the int8 product sums exactly where the
+    float MatMul rounds, so an element may land one step of the last grid away, no more."""
+    path = _rounded_product_model(tmp_path)
+    feed = {"x": (RNG.standard_normal((8, 32)) * 2).astype(np.float32),
+            "r": RNG.standard_normal((8, 48)).astype(np.float32)}
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    got = sparsejit.compile(path).run(feed)["y"]
+    steps = np.abs(got - ref) / np.float32(0.08)
+    assert steps.max() <= 1.0001 and (steps > 0.5).mean() < 0.02

@@ -18,3 +18,7 @@ class PassContext:
 
     qkv_merge_max_rows: int | None
     """Merge an attention's Q/K/V int8 products in buckets of at most this many rows (None: every bucket)."""
+
+    int8_fake_quant_epilogue: bool = False
+    """The int8 product's epilogue can round its float output to QDQ grids (before and after the bias,
+    and last), so a QDQ graph's Q -> DQ pairs around the bias add fuse into it."""

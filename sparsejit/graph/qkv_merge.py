@@ -51,7 +51,7 @@ def _parts(graph: Graph, producers: dict[str, Node], uses: Uses, attention: Node
     first = nodes[0]
     for node in nodes:
         if (node.inputs[0] != first.inputs[0] or node.attrs.get("activation") is not None
-                or (len(node.inputs) > 5 and node.inputs[5])
+                or node.attrs.get("fake_quant") or (len(node.inputs) > 5 and node.inputs[5])
                 or any(node.attrs.get(a) != first.attrs.get(a) for a in _SAME_ATTRS)
                 or uses.sole_consumer(node.outputs[0]) is not attention):
             return None

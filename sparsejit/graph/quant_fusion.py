@@ -20,6 +20,7 @@ import numpy as np
 
 from sparsejit.errors import UnsupportedOperatorError
 from sparsejit.graph.epilogue import match_epilogue
+from sparsejit.graph.fake_quant import fake_quant_reading
 from sparsejit.graph.ir import Graph, Node, QuantSource
 from sparsejit.graph.quant_ops import MS_DOMAIN, matmulnbits_weight
 from sparsejit.graph.rewrite import FUSED_DOMAIN as DOMAIN
@@ -156,13 +157,73 @@ def _fuse_dynamic(graph: Graph) -> Graph:
 # epilogues, dead code
 
 
-def _fuse_epilogues(graph: Graph) -> Graph:
+def _match_rounded_epilogue(graph: Graph, uses: Uses, rewriter: Rewriter, product: Node, n_cols: int):
+    """A QDQ graph's epilogue: product -> [round] -> [Add bias [N] -> [round]] -> [Add residual -> [round]],
+    the roundings being Q -> DQ pairs on one per-tensor grid, at least one of them. Returns (nodes, bias
+    initializer or "", residual or "", output, [scale, lowest, highest] or None per rounding) or None."""
+    nodes: list[Node] = []
+    fq: list[list[float] | None] = [None, None, None]
+    out, bias, residual = product.outputs[0], "", ""
+    grid = None  # the grid of the output, when a rounding is its last step
+
+    def take(point: int) -> None:
+        nonlocal out, grid
+        pair = fake_quant_reading(graph, uses, out)
+        if pair is not None and not (rewriter.is_claimed(pair.quantize) or rewriter.is_claimed(pair.dequantize)):
+            fq[point], grid = pair.bounds, pair.grid
+            nodes.extend([pair.quantize, pair.dequantize])
+            out = pair.output
+
+    def next_add() -> tuple[Node, str] | None:
+        add = uses.sole_consumer(out)
+        if (add is None or add.op_type != "Add" or add.domain or rewriter.is_claimed(add)
+                or add.inputs[0] == add.inputs[1]):
+            return None
+        return add, add.inputs[1] if add.inputs[0] == out else add.inputs[0]
+
+    take(0)
+    found = next_add()
+    if found is not None:
+        add, other = found
+        value = graph.initializers.get(other)
+        if value is not None and value.size == n_cols and value.shape[-1:] == (n_cols,) and value.dtype == np.float32:
+            bias = add_constant(graph, f"{product.name}/bias", np.array(value.reshape(n_cols), dtype=np.float32))
+            nodes.append(add)
+            out, grid = add.outputs[0], None
+            take(1)
+    found = next_add() if fq[0] is not None or fq[1] is not None else None
+    if found is not None:
+        add, other = found
+        info = graph.value_info.get(other)
+        if (other not in graph.initializers and info is not None and info.dtype == np.float32
+                and tuple(info.shape) == tuple(graph.value_info[out].shape)):
+            residual = other
+            nodes.append(add)
+            out, grid = add.outputs[0], None
+            take(2)
+    if not any(fq):
+        return None
+    return nodes, bias, residual, out, fq, grid
+
+
+def _fuse_epilogues(graph: Graph, ctx: object = None) -> Graph:
     uses = Uses(graph)
     rewriter = Rewriter(graph)
+    rounding = bool(getattr(ctx, "int8_fake_quant_epilogue", False))
     for node in list(graph.nodes):
         if node.op_type != "QMatMul" or node.domain != DOMAIN or rewriter.is_claimed(node):
             continue
-        epilogue = match_epilogue(graph, uses, rewriter, node, graph.initializers[node.inputs[1]].shape[1])
+        n_cols = graph.initializers[node.inputs[1]].shape[1]
+        rounded = _match_rounded_epilogue(graph, uses, rewriter, node, n_cols) if rounding else None
+        if rounded is not None:
+            nodes, bias, residual, output, fq, grid = rounded
+            attrs = dict(node.attrs, activation=None, fake_quant=fq)
+            if grid is not None:
+                attrs["output_grid"] = list(grid)  # read by redundant_requantize
+            fused = Node("QMatMul", list(node.inputs[:4]) + [bias, residual], [output], attrs, DOMAIN, node.name)
+            rewriter.replace([node, *nodes], fused)
+            continue
+        epilogue = match_epilogue(graph, uses, rewriter, node, n_cols)
         if not epilogue.nodes:
             continue
         inputs = list(node.inputs[:4]) + [epilogue.bias, epilogue.residual]
@@ -181,5 +242,5 @@ def run(graph: Graph, ctx: object = None) -> Graph:
     graph = _fuse_qdq(graph)
     graph = _fuse_dynamic(graph)
     if any(n.op_type == "QMatMul" and n.domain == DOMAIN for n in graph.nodes):
-        graph = remove_dead_nodes(_fuse_epilogues(graph))
+        graph = remove_dead_nodes(_fuse_epilogues(graph, ctx))
     return graph

@@ -9,7 +9,8 @@ its consumers read x, and the pair is dropped. Only per-tensor (scalar) paramete
 integer type, qualify; a pair whose output is a graph output is kept.
 
 Runs after `quant_fusion` (which turns `MatMul(DQ(Q(x)), W)` into an int8 product and must still see
-those pairs) and before the attention and elementwise fusions, which then see fewer nodes.
+those pairs; a product whose epilogue ends in a rounding says so in its `output_grid` attribute) and
+before the attention and elementwise fusions, which then see fewer nodes.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ def run(graph: Graph, ctx: object = None) -> Graph:
                 continue
             if grid is not None:
                 on_grid[node.outputs[0]] = grid
+        elif node.attrs.get("output_grid"):  # an int8 product whose epilogue ends in a rounding
+            scale, zero, dtype = node.attrs["output_grid"]
+            on_grid[node.outputs[0]] = (float(scale), int(zero), str(dtype))
         elif (is_view(node.op_type, node.domain) or (node.op_type in _VALUE_PRESERVING and not node.domain)) \
                 and current.inputs and current.inputs[0] in on_grid:
             on_grid[node.outputs[0]] = on_grid[current.inputs[0]]

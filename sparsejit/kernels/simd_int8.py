@@ -26,7 +26,7 @@ addressing, offsets in elements of the array's own dtype, no bounds checks):
 from __future__ import annotations
 
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic
 
 from sparsejit.kernels.simd import (
@@ -39,14 +39,18 @@ from sparsejit.kernels.simd import (
     _elem_ptr,
     _lane_mask,
     _splat,
+    vblend_lt,
+    vbroadcast,
+    vdiv,
     vec16f,
     vec16i,
+    vmul,
 )
 from sparsejit.kernels.target import host_target
 
 __all__ = ["vload_bcast4", "visub", "vimul", "vimax", "vimin", "vihsum", "vrint", "vcvt_f2i", "vcvt_rint", "vhmax",
            "vhmin", "vstore_bytes_mask", "vload_bytes_i", "vpack_u8x4", "vsum_bytes",
-           "vsum_bytes_total"]
+           "vsum_bytes_total", "vfake_quant"]
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -294,3 +298,19 @@ def vsum_bytes_total(typingctx, acc):
             total = builder.add(total, builder.extract_element(q, ir.Constant(_I32, i)))
         return total
     return types.int64(acc), codegen
+
+
+@njit(inline="always", cache=True)
+def vfake_quant(x, fq, i):  # type: ignore[no-untyped-def]
+    """DequantizeLinear(QuantizeLinear(x)) on the grid of point `i` of `fq` (float32, 4 per point: scale,
+    lowest and highest of x / scale, unused; scale 0: x unchanged): rint(clamp(x / scale)) * scale, the
+    quotient clamped by non-NaN-propagating compares as MLAS does (NaN -> lowest)."""
+    scale = fq[4 * i]
+    if scale == 0.0:
+        return x
+    t = vdiv(x, vbroadcast(scale))
+    low = vbroadcast(fq[4 * i + 1])
+    high = vbroadcast(fq[4 * i + 2])
+    t = vblend_lt(low, t, t, low)
+    t = vblend_lt(t, high, t, high)
+    return vmul(vrint(t), vbroadcast(scale))

@@ -51,11 +51,15 @@ def split_last_panel(body: Callable[[str, int], None], emit: Callable[[str], Non
         body("        ", last_w)
 
 
-def activate_add_store(act: str | None, v: int, lanes: int, indent: str, store: str = "vstore") -> list[str]:
-    """The float epilogue's tail on `f` (vector v of a row at `row`): activation, residual, store
-    (`store` names the full-vector store: `vstore`, or `vstore_nt` for 64-byte aligned rows)."""
+def activate_add_store(act: str | None, v: int, lanes: int, indent: str, store: str = "vstore",
+                       round_last: bool = False) -> list[str]:
+    """The float epilogue's tail on `f` (vector v of a row at `row`): activation, residual, [rounding
+    to fake-quantisation point 2 of `fq`], store (`store` names the full-vector store: `vstore`, or
+    `vstore_nt` for 64-byte aligned rows)."""
     lines = [f"{indent}f = _act(f)"] if act is not None else []
     lines += [f"{indent}if has_res:", f"{indent}    f = vadd(f, vload_mask(res, row + {16 * v}, {lanes}))"]
+    if round_last:
+        lines.append(f"{indent}f = vfake_quant(f, fq, 2)")
     if lanes == 16:
         lines.append(f"{indent}{store}(out, row + {16 * v}, f)")
     else:
@@ -118,10 +122,12 @@ def epilogue_setup(nv: int, out_q: bool) -> list[str]:
 
 
 def row_epilogue(acc: Callable[[int], str], row_index: str, nv: int, width: int, ind: str, out_q: bool,
-                 act: str | None, nt: bool) -> list[str]:
+                 act: str | None, nt: bool, fake_quant: bool = False) -> list[str]:
     """Generated-code lines finishing one output row (`row_index`) of a panel `width` columns wide from
     its int32 accumulator vectors `acc(v)`: zero-point corrections, dequantisation, then the float
-    epilogue (bias, activation, residual) or requantisation to 8 bits, and the stores."""
+    epilogue (bias, activation, residual) or requantisation to 8 bits, and the stores. `fake_quant`:
+    the float epilogue also rounds to the grids of `fq` (`simd_int8.vfake_quant`) where a QDQ graph's
+    Q -> DQ pairs do: the product before the bias (point 0), after it (1), and last (2)."""
     lines = [f"{ind}row = ({row_index}) * N + cb", f"{ind}if has_zw:",
              f"{ind}    rs = vibroadcast(rowsum[{row_index}])"]
     for v in range(nv):
@@ -134,7 +140,14 @@ def row_epilogue(acc: Callable[[int], str], row_index: str, nv: int, width: int,
                       f"{ind}q = vimin(vimax(viadd(vcvt_f2i(f), zyv), qlov), qhiv)",
                       f"{ind}vstore_bytes_mask(out, row + {16 * v}, q, {lanes})"]
             continue
-        lines.append(f"{ind}f = vfma(vcvt_i2f(x), s{v}, e{v})")
-        lines += activate_add_store(act, v, lanes, ind, "vstore_nt" if nt else "vstore")
+        if fake_quant:
+            lines += [f"{ind}if fq[0] != 0.0:",
+                      f"{ind}    f = vadd(vfake_quant(vmul(vcvt_i2f(x), s{v}), fq, 0), e{v})",
+                      f"{ind}else:",
+                      f"{ind}    f = vfma(vcvt_i2f(x), s{v}, e{v})",
+                      f"{ind}f = vfake_quant(f, fq, 1)"]
+        else:
+            lines.append(f"{ind}f = vfma(vcvt_i2f(x), s{v}, e{v})")
+        lines += activate_add_store(act, v, lanes, ind, "vstore_nt" if nt else "vstore", round_last=fake_quant)
     return lines
 

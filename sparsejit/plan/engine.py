@@ -38,8 +38,10 @@ _VNNI_QKV_MERGE_MAX_ROWS = 1024
 
 def pass_context() -> PassContext:
     """What the graph passes need to know of the kernels this machine will run."""
+    amx = amx_usable()
     return PassContext(attention_head_multiple=HEAD_MULTIPLE,
-                       qkv_merge_max_rows=None if amx_usable() else _VNNI_QKV_MERGE_MAX_ROWS)
+                       qkv_merge_max_rows=None if amx else _VNNI_QKV_MERGE_MAX_ROWS,
+                       int8_fake_quant_epilogue=not amx)  # the AMX kernel's epilogue has no roundings yet
 
 
 @dataclass(frozen=True)

@@ -389,6 +389,15 @@ class _SharedQuant:
         self.zero = 0
 
 
+def _fake_quant_vector(points: list) -> np.ndarray:
+    """[scale, lowest, highest] per rounding point (None: none there) as the kernels' float32 [12]."""
+    fq = np.zeros(12, np.float32)
+    for i, point in enumerate(points):
+        if point:
+            fq[4 * i: 4 * i + 3] = point
+    return fq
+
+
 @lowers("QMatMul", domain="sparsejit")
 def _qmatmul(node: Node, ctx: LowerContext) -> Step:
     """out = act(dequant(quant(x) @ Wq) + bias) + residual with the int8 VNNI GEMM."""
@@ -416,9 +425,11 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
         shared = _SharedQuant(m, packed.kp)
         ctx.arrays[key] = shared  # type: ignore[index]
     rowsum = shared.rowsum if packed.has_zero else None
-    name, kernel = kernels.choose(m, activation)
+    fake_quant = node.attrs.get("fake_quant")  # QDQ roundings fused by quant_fusion: the dense kernel has them
+    name, kernel = ("dense", None) if fake_quant else kernels.choose(m, activation)
     if name == "dense":  # operands bound once: no per-call argument checks in the hot loop
-        product = bind_qgemm(shared.aq, packed, out, bias, activation, residual, rowsum)
+        product = bind_qgemm(shared.aq, packed, out, bias, activation, residual, rowsum,
+                             fake_quant=_fake_quant_vector(fake_quant) if fake_quant else None)
     else:
         def product(comp: np.ndarray, scale: np.ndarray) -> None:
             kernel(shared.aq, out, comp, scale, bias, residual, rowsum)
