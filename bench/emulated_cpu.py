@@ -2,7 +2,11 @@
 
 `qemu-x86_64 -cpu Haswell-noTSX` runs this machine's own Python with the CPUID of an AVX2-only CPU (no
 AVX-512, no AMX), so sparsejit picks its kernels as it would there, and any instruction outside AVX2
-would kill the process. What runs emulated (one child process for the compiler, one for the server):
+would kill the process. `--arch aarch64` runs an aarch64 CPython (Debian's `python3.11:arm64` and its
+libraries, unpacked into a sysroot, not installed) with aarch64 wheels of the runtime dependencies
+(`pip install --platform manylinux2014_aarch64 --target ...`) under `qemu-aarch64`; the sysroot is built
+on first use under `$SPARSEJIT_CACHE_DIR/aarch64` (needs root, `dpkg --add-architecture arm64`, apt and
+PyPI). What runs emulated (one child process for the compiler, one for the server):
 
 1. the README's one-liner, `Pipeline.create("embeddings")` on its default model (all-MiniLM-L6-v2,
    int8 weights), on two texts;
@@ -15,6 +19,7 @@ The references are computed natively, outside the emulator: onnxruntime on the s
 2e-3 x max |output| as tests/test_quantized.py) and the native embeddings pipeline for steps 1 and 3.
 
     python -m bench.emulated_cpu [--cpu Haswell-noTSX] [--workdir DIR]
+    python -m bench.emulated_cpu --arch aarch64
 
 Emulation is slow (minutes: the kernels' LLVM compile itself runs emulated); kernels are cached in
 `$SPARSEJIT_CACHE_DIR` under a key naming the CPU, so a second run is faster. Needs `qemu-x86_64`
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,15 @@ print(json.dumps({"cpu": host_target().cpu, "kernels": host_target().kernel_fami
 """
 
 
+@dataclass(frozen=True)
+class Emulator:
+    """How to start this repository's sparsejit under emulation: the command prefix and environment."""
+
+    label: str
+    prefix: list[str]
+    env: dict[str, str]
+
+
 def qemu_command(cpu: str) -> list[str]:
     """The emulator prefix for this machine's Python, or `FileNotFoundError` naming what to install."""
     qemu = shutil.which("qemu-x86_64")
@@ -64,11 +79,57 @@ def qemu_command(cpu: str) -> list[str]:
     return [qemu, "-cpu", cpu, sys.executable]
 
 
-def _emulated_env() -> dict[str, str]:
+def _repo() -> str:
+    return str(Path(__file__).resolve().parents[1])
+
+
+def x86_emulator(cpu: str = "Haswell-noTSX") -> Emulator:
     env = dict(os.environ)
     env.pop("SPARSEJIT_TARGET", None)  # the emulated CPU's own features decide
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    return env
+    env["PYTHONPATH"] = os.pathsep.join([_repo(), env.get("PYTHONPATH", "")])
+    return Emulator(f"x86-64 {cpu}", qemu_command(cpu), env)
+
+
+_ARM64_DEBS = ("libc6", "libgcc-s1", "libstdc++6", "python3.11-minimal", "libpython3.11-minimal",
+               "libpython3.11-stdlib", "zlib1g", "libexpat1", "libffi8", "libssl3", "libbz2-1.0", "liblzma5",
+               "libsqlite3-0", "libncursesw6", "libtinfo6", "libreadline8", "libuuid1", "libcrypt1", "libnsl2",
+               "libtirpc3", "libgssapi-krb5-2", "libkrb5-3", "libk5crypto3", "libkrb5support0", "libcom-err2",
+               "libkeyutils1", "libdb5.3", "libgdbm6")
+_ARM64_WHEELS = ("onnx", "tokenizers", "fastapi", "uvicorn", "click", "pydantic", "pyyaml", "psutil")
+
+
+def aarch64_emulator(base: Path | None = None) -> Emulator:
+    """An aarch64 CPython with sparsejit's runtime dependencies under qemu-aarch64 (built on first use)."""
+    qemu = shutil.which("qemu-aarch64")
+    if qemu is None:
+        raise FileNotFoundError("qemu-aarch64 not found: install Debian's qemu-user (apt-get install qemu-user)")
+    if base is None:
+        from sparsejit.model_wheels import cache_dir
+
+        base = cache_dir().parent / "aarch64"
+    root, site = base / "root", base / "site"
+    python = root / "usr" / "bin" / "python3.11"
+    if not python.is_file():
+        debs = base / "debs"
+        debs.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["dpkg", "--add-architecture", "arm64"], check=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "download", "-qq", *(f"{p}:arm64" for p in _ARM64_DEBS)], cwd=debs, check=True)
+        for deb in debs.glob("*.deb"):
+            subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
+    if not (site / "numba").is_dir():
+        import llvmlite
+        import numba
+
+        pins = [f"numba=={numba.__version__}", f"llvmlite=={llvmlite.__version__}", f"numpy=={np.__version__}"]
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site), "--python-version",
+                        "3.11", "--implementation", "cp", "--only-binary=:all:", "--platform", "manylinux2014_aarch64",
+                        "--platform", "manylinux_2_17_aarch64", "--platform", "manylinux_2_28_aarch64",
+                        *pins, *_ARM64_WHEELS], check=True)
+    env = dict(os.environ)
+    env.pop("SPARSEJIT_TARGET", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), _repo()])
+    return Emulator("aarch64", [qemu, "-L", str(root), str(python)], env)
 
 
 def _reference_models(work: Path) -> dict[str, dict[str, Any]]:
@@ -148,25 +209,25 @@ def _serve_one_request(prefix: list[str], env: dict[str, str], texts: list[str],
             server.kill()
 
 
-def run_subset(cpu: str = "Haswell-noTSX", work: Path | None = None, timeout_s: float = 1500.0) -> dict[str, Any]:
-    """Run the portable subset under `qemu-x86_64 -cpu {cpu}`; returns what was measured (raises
-    `AssertionError` when an output is outside its bound)."""
+def run_subset(emulator: Emulator | None = None, work: Path | None = None, timeout_s: float = 1500.0) -> dict[str, Any]:
+    """Run the portable subset under `emulator` (default: an AVX2-only x86-64 CPU); returns what was
+    measured (raises `AssertionError` when an output is outside its bound)."""
     import sparsejit
 
-    prefix = qemu_command(cpu)
+    emulator = emulator or x86_emulator()
+    prefix, env = emulator.prefix, emulator.env
     work = Path(tempfile.mkdtemp(prefix="sparsejit-emulated-")) if work is None else work
     work.mkdir(parents=True, exist_ok=True)
     jobs = {"texts": TEXTS, "models": _reference_models(work)}
     (work / "jobs.json").write_text(json.dumps(jobs))
     native = np.asarray(sparsejit.Pipeline.create("embeddings")(TEXTS), dtype=np.float32)
-    env = _emulated_env()
 
     t0 = time.perf_counter()
     out = subprocess.run(prefix + ["-c", _COMPILER_SCRIPT, str(work)], env=env, capture_output=True, text=True,
                          timeout=timeout_s)
     if out.returncode:
         raise RuntimeError(f"emulated compiler run failed ({out.returncode}):\n{out.stderr[-4000:]}")
-    report: dict[str, Any] = {"emulated_cpu": cpu, **json.loads(out.stdout.strip().splitlines()[-1]),
+    report: dict[str, Any] = {"emulated_cpu": emulator.label, **json.loads(out.stdout.strip().splitlines()[-1]),
                               "compile_and_run_s": time.perf_counter() - t0}
     emulated = np.load(work / "pipeline.npy")
     report["pipeline_vs_native"] = _worst({"e": emulated}, {"e": native})
@@ -188,10 +249,12 @@ def run_subset(cpu: str = "Haswell-noTSX", work: Path | None = None, timeout_s: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cpu", default="Haswell-noTSX", help="qemu CPU model (qemu-x86_64 -cpu help)")
+    parser.add_argument("--arch", choices=("x86_64", "aarch64"), default="x86_64")
+    parser.add_argument("--cpu", default="Haswell-noTSX", help="qemu CPU model for x86_64 (qemu-x86_64 -cpu help)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep feeds and outputs here")
     args = parser.parse_args()
-    report = run_subset(args.cpu, args.workdir)
+    emulator = aarch64_emulator() if args.arch == "aarch64" else x86_emulator(args.cpu)
+    report = run_subset(emulator, args.workdir, timeout_s=3000.0)
     for key, value in report.items():
         print(f"{key:<24} {value:.3g}" if isinstance(value, float) else f"{key:<24} {value}")
 
