@@ -42,6 +42,11 @@ def test_levels_narrow_the_features_and_refuse_what_the_cpu_lacks() -> None:
     assert not (avx2.avx512 or avx2.avx512_vnni or avx2.amx_int8 or avx2.has("avxvnni"))
     assert avx2.has("avx2", "fma") and avx2.kernel_family.startswith("AVX2 + FMA")
     assert avx2.cache_tag != native.cache_tag
+    client = make_target("sapphirerapids", AVX512_HOST, "avx2-vnni")  # as an Alder Lake: AVX-VNNI, no AVX-512
+    assert client.avx_vnni and not (client.avx512 or client.amx_int8)
+    assert client.kernel_family.startswith("AVX2 + FMA + AVX-VNNI") and client.cache_tag != avx2.cache_tag
+    with pytest.raises(CPUFeatureError, match=r"avxvnni.*haswell"):
+        make_target("haswell", HASWELL, "avx2-vnni")
     with pytest.raises(CPUFeatureError, match=r"avx512bw.*haswell"):
         make_target("haswell", HASWELL, "avx512")
     with pytest.raises(ValueError, match="expected one of"):
@@ -68,8 +73,8 @@ print(json.dumps(engine.describe()["kernels"]))
 """
 
 
-@pytest.mark.parametrize("form", ["fp32", "dynamic"])
-def test_models_compiled_for_avx2_match_onnxruntime(form: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("form,level", [("fp32", "avx2"), ("dynamic", "avx2"), ("dynamic", "avx2-vnni")])
+def test_models_compiled_for_avx2_match_onnxruntime(form: str, level: str, tmp_path: Path) -> None:
     """fp32 (softmax's exp through the portable scalef) and dynamic int8 (the portable dpbusd, packs,
     byte sums and conversions) compiled for an AVX2 CPU in a fresh process: against onnxruntime with
     the native suites' bounds (fp32: 1e-4 x max |output|, test_parity_onnxruntime; dynamic int8:
@@ -78,11 +83,13 @@ def test_models_compiled_for_avx2_match_onnxruntime(form: str, tmp_path: Path) -
 
     if not target_mod.host_target().avx512:
         pytest.skip("the native target here already is the portable one")
+    if level == "avx2-vnni" and not target_mod.host_target().has("avxvnni"):
+        pytest.skip("this CPU has no AVX-VNNI")
     base = zoo.random_encoder("distilbert")
     model = base / "model.onnx" if form == "fp32" else quantized_model(base, "dynamic") / "model.onnx"
     feed = zoo.make_inputs(base, 2, 32, seed=5)
     np.savez(tmp_path / "feed.npz", **feed)
-    env = dict(os.environ, SPARSEJIT_TARGET="avx2")
+    env = dict(os.environ, SPARSEJIT_TARGET=level)
     out = subprocess.run([sys.executable, "-c", _SCRIPT, str(model), str(tmp_path / "feed.npz"),
                           str(tmp_path / "out.npz")], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -122,16 +129,26 @@ for wdt, lo, hi in ((np.int8, -128, 128), (np.uint8, 0, 256)):
     ref = a.astype(np.int64) @ (w.astype(np.int64) - (0 if zw is None else zw))
     assert np.abs(ref).max() < 2**24  # exact in float32
     np.testing.assert_array_equal(out, ref.astype(np.float32))
+kernel = g._kernel(k, n, *g.default_tile_int8(), None, False)
+asm = "".join(kernel.inspect_asm(sig) for sig in kernel.signatures)
+print("vpdpbusd" in asm, "zmm" in asm)
 print("exact")
 """
 
 
-def test_portable_int8_dot_products_are_exact_at_the_extremes() -> None:
-    """The AVX2 form of `vpdpbusd` (byte pairs split in place, two `vpmaddwd`) against integer
-    arithmetic, with 255 x -128 products everywhere a saturating `vpmaddubsw` would clip: bit-exact."""
-    if not target_mod.host_target().has("avx2"):
-        pytest.skip("no AVX2 on this CPU")
-    env = dict(os.environ, SPARSEJIT_TARGET="avx2")
+@pytest.mark.parametrize("level", ["avx2", "avx2-vnni"])
+def test_portable_int8_dot_products_are_exact_at_the_extremes(level: str, tmp_path: Path) -> None:
+    """The AVX2 forms of `vpdpbusd` — byte pairs split in place and two `vpmaddwd` (avx2), AVX-VNNI's
+    256-bit `vpdpbusd` (avx2-vnni) — against integer arithmetic, with 255 x -128 products everywhere a
+    saturating `vpmaddubsw` would clip: bit-exact; and only the AVX-VNNI level emits `vpdpbusd`, neither
+    touches a zmm register."""
+    need = {"avx2": ("avx2",), "avx2-vnni": ("avx2", "avxvnni")}[level]
+    if not target_mod.host_target().has(*need):
+        pytest.skip(f"this CPU lacks {need}")
+    # an empty kernel cache: Numba cannot show the assembly of cached code
+    env = dict(os.environ, SPARSEJIT_TARGET=level, SPARSEJIT_CACHE_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", _EXACT_INT8], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("exact")
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "exact"
+    assert lines[-2] == f"{level == 'avx2-vnni'} False"

@@ -476,6 +476,8 @@ def vdpbusd(typingctx, acc, a, b):
     def codegen(context, builder, sig, args):
         if host_target().avx512_vnni:
             return _call_intrinsic(builder, "llvm.x86.avx512.vpdpbusd.512", _VI, list(args))
+        if host_target().avx_vnni:
+            return _avx_vnni_dpbusd(builder, *args)
         return _portable_dpbusd(builder, *args)
     return vec16i(acc, a, b), codegen
 
@@ -510,6 +512,17 @@ def _portable_dpbusd(builder, acc, a, b):  # type: ignore[no-untyped-def]
         pick = ir.Constant(ir.VectorType(_I32, LANES), [4 * i + j for i in range(LANES)])
         total = builder.add(total, builder.shuffle_vector(products, products, pick))
     return total
+
+
+def _avx_vnni_dpbusd(builder, acc, a, b):  # type: ignore[no-untyped-def]
+    """`vpdpbusd` on the two 256-bit halves (AVX-VNNI's VEX form: the same bits as the 512-bit one)."""
+    half = ir.VectorType(_I32, 8)
+    halves = []
+    for h in range(2):
+        pick = ir.Constant(ir.VectorType(_I32, 8), list(range(8 * h, 8 * (h + 1))))
+        operands = [builder.shuffle_vector(v, v, pick) for v in (acc, a, b)]
+        halves.append(_call_intrinsic(builder, "llvm.x86.avx512.vpdpbusd.256", half, operands))
+    return builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(_I32, LANES), list(range(LANES))))
 
 
 def _pmaddwd16(builder, x, y):  # type: ignore[no-untyped-def]

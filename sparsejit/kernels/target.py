@@ -6,7 +6,8 @@ in plain LLVM vector IR (which LLVM lowers for any x86 level, or for NEON) where
 path emits an instruction the CPU lacks: that would abort the process inside LLVM.
 
 `SPARSEJIT_TARGET` narrows the target for testing and comparison: `native` (default), `avx512`
-(AVX-512 F/BW/VL/DQ and its extensions, no AMX), `avx2` (AVX2 + FMA, nothing of AVX-512 or AMX).
+(AVX-512 F/BW/VL/DQ and its extensions, no AMX), `avx2-vnni` (AVX2 + FMA + AVX-VNNI, as Intel's client
+CPUs since Alder Lake: 256-bit `vpdpbusd`, no AVX-512), `avx2` (AVX2 + FMA, nothing of AVX-512 or AMX).
 Asking for a level the CPU does not have is a `CPUFeatureError` naming the missing features. A
 narrowed level also narrows Numba's LLVM target (`narrow_numba_codegen`), so every kernel, plain loops
 included, is compiled as for such a CPU and runs at its speed.
@@ -21,7 +22,7 @@ from functools import cache
 from sparsejit.errors import CPUFeatureError
 
 ENV_TARGET = "SPARSEJIT_TARGET"
-LEVELS = ("native", "avx512", "avx2")
+LEVELS = ("native", "avx512", "avx2-vnni", "avx2")
 
 _AVX512_BASE = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})
 _AVX2_BASE = frozenset({"avx2", "fma"})
@@ -52,6 +53,11 @@ class Target:
         return self.avx512 and self.has("avx512bf16")
 
     @property
+    def avx_vnni(self) -> bool:
+        """AVX-VNNI: `vpdpbusd` on 256-bit registers (VEX), without AVX-512."""
+        return self.has("avxvnni", "avx2")
+
+    @property
     def amx_int8(self) -> bool:
         return self.has("amx-tile", "amx-int8")
 
@@ -63,7 +69,8 @@ class Target:
                                             ("AMX", self.amx_int8)) if ok]
             return "AVX-512" + (" + " + " + ".join(extras) if extras else "")
         if self.has(*_AVX2_BASE):
-            return "AVX2 + FMA (AVX-512 operations as portable vector IR)"
+            vnni = " + AVX-VNNI" if self.avx_vnni else ""
+            return f"AVX2 + FMA{vnni} (AVX-512 operations as portable vector IR)"
         return "portable vector IR"
 
     @property
@@ -85,7 +92,7 @@ def narrow_numba_codegen() -> None:
         return
     host = binding.get_host_cpu_features()
     # the CPU model only tunes scheduling; the feature list decides which instructions are legal
-    numba.config.CPU_NAME = "haswell" if target.level == "avx2" else target.cpu
+    numba.config.CPU_NAME = "haswell" if target.level.startswith("avx2") else target.cpu
     numba.config.CPU_FEATURES = ",".join(("+" if name in target.features else "-") + name for name in host)
 
 
@@ -110,11 +117,13 @@ def make_target(cpu: str, features: frozenset[str], level: str) -> Target:
         raise ValueError(f"{ENV_TARGET}={level!r}: expected one of {LEVELS}")
     if level == "native":
         return Target(cpu, level, features)
-    need = _AVX512_BASE if level == "avx512" else _AVX2_BASE
+    need = _AVX512_BASE if level == "avx512" else _AVX2_BASE | ({"avxvnni"} if level == "avx2-vnni" else set())
     missing = sorted(need - features)
     if missing:
         raise CPUFeatureError(f"{ENV_TARGET}={level} needs CPU features {missing}, which this CPU ({cpu}) lacks")
     if level == "avx512":
         return Target(cpu, level, frozenset(f for f in features if not f.startswith("amx")))
     dropped = {f for f in features if f.startswith(("avx512", "amx", "avxvnni", "avxifma", "avxneconvert", "avx10"))}
+    if level == "avx2-vnni":
+        dropped.discard("avxvnni")
     return Target(cpu, level, features - dropped)
