@@ -46,3 +46,8 @@ class BatchTooLargeError(InvalidInputError):
 
 class CPUFeatureError(SparsejitError, RuntimeError):
     """The model, precision or target asked for needs an instruction-set feature this CPU lacks."""
+
+
+class QuantizationRangeWarning(UserWarning):
+    """A quantised model whose calibration made a rounding useless (e.g. a scale so large that every
+    ordinary value rounds to zero): it runs, but its outputs lost their information in every engine."""

@@ -129,16 +129,8 @@ def test_one_copy_of_each_weight_after_compiling(form: str) -> None:
         assert all(dtype != np.float32 for dtype in big.values()), big
 
 
-@pytest.mark.parametrize("arch", ["distilbert", "roberta"])
-def test_fake_quantised_attention_is_fused_and_matches_onnxruntime(arch: str) -> None:
-    """quantize_static's default QDQ rounds Q·s, K·s, the scores, the masked scores, P, the NaN-cleared P
-    and the output: the fused attention applies each rounding where the graph does (the scale and the
-    Q/K roundings move to the projections' layout). One attention node per layer, and the outputs as close
-    to onnxruntime's literal evaluation of the graph (no optimisation: every pair in float) as onnxruntime's
-    own optimised kernels are (or 0.2 x the quantisation error, whichever is larger), and as close to
-    sparsejit's own unfused plan. Measured (Zen 5): distilbert 0.032 from the literal graph, onnxruntime's
-    optimised session 0.096 from it."""
-    base = zoo.random_encoder(arch)
+def _default_qdq(base: Path, arch: str) -> Path:
+    """`base` quantised by quantize_static's defaults (QDQ), calibrated on 8 unpadded sequences."""
 
     def build(d: Path) -> dict[str, Any]:
         class Reader(quantization.CalibrationDataReader):
@@ -152,7 +144,20 @@ def test_fake_quantised_attention_is_fused_and_matches_onnxruntime(arch: str) ->
                                      quant_format=quantization.QuantFormat.QDQ)
         return {}
 
-    path = zoo._cached_build(f"exported-qdq-{arch}", {"ort": ort.__version__}, build) / "model.onnx"
+    return zoo._cached_build(f"exported-qdq-{arch}", {"ort": ort.__version__}, build) / "model.onnx"
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "roberta"])
+def test_fake_quantised_attention_is_fused_and_matches_onnxruntime(arch: str) -> None:
+    """quantize_static's default QDQ rounds Q·s, K·s, the scores, the masked scores, P, the NaN-cleared P
+    and the output: the fused attention applies each rounding where the graph does (the scale and the
+    Q/K roundings move to the projections' layout). One attention node per layer, and the outputs as close
+    to onnxruntime's literal evaluation of the graph (no optimisation: every pair in float) as onnxruntime's
+    own optimised kernels are (or 0.2 x the quantisation error, whichever is larger), and as close to
+    sparsejit's own unfused plan. Measured (Zen 5): distilbert 0.032 from the literal graph, onnxruntime's
+    optimised session 0.096 from it."""
+    base = zoo.random_encoder(arch)
+    path = _default_qdq(base, arch)
     feed = zoo.make_inputs(base, 4, 32, seed=1)
     fused = sparsejit.compile(path, batch_size=4, sequence_length=32)
     plan = next(iter(fused._plans.values()))
@@ -172,3 +177,33 @@ def test_fake_quantised_attention_is_fused_and_matches_onnxruntime(arch: str) ->
           f"bound {bound:.3g}")
     assert float(np.abs(got - literal).max()) <= bound
     assert float(np.abs(got - own).max()) <= bound
+
+
+def test_a_calibration_that_lost_the_model_is_named_at_compile() -> None:
+    """quantize_static calibrated on padded batches (the mask's -inf inside the scores' range): the
+    file compiles, with a QuantizationRangeWarning naming the useless quantizers; calibrated on unpadded
+    inputs, no warning."""
+    import warnings
+
+    from sparsejit.errors import QuantizationRangeWarning
+
+    base = zoo.random_encoder("distilbert")
+
+    def build(d: Path) -> dict[str, Any]:
+        class Reader(quantization.CalibrationDataReader):
+            def __init__(self) -> None:
+                self._feeds = iter([zoo.make_inputs(base, 4, 32, seed=300 + i) for i in range(4)])  # padded
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self._feeds, None)
+
+        quantization.quantize_static(str(base / "model.onnx"), str(d / "model.onnx"), Reader(),
+                                     quant_format=quantization.QuantFormat.QDQ)
+        return {}
+
+    padded = zoo._cached_build("exported-qdq-padded-calibration-distilbert", {"ort": ort.__version__}, build)
+    with pytest.warns(QuantizationRangeWarning, match=r"QuantizeLinear node\(s\) have a scale so large"):
+        sparsejit.compile(padded / "model.onnx", batch_size=1, sequence_length=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QuantizationRangeWarning)
+        sparsejit.compile(_default_qdq(base, "distilbert"), batch_size=1, sequence_length=16)

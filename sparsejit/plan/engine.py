@@ -20,6 +20,7 @@ from sparsejit.graph.ir import Graph, Value
 from sparsejit.graph.onnx_import import ModelSource, load_onnx
 from sparsejit.graph.pass_context import PassContext
 from sparsejit.graph.passes import optimise
+from sparsejit.graph.quant_checks import warn_on_degenerate_scales
 from sparsejit.graph.specialise import fold_constants, specialise
 from sparsejit.kernels.attention import HEAD_MULTIPLE
 from sparsejit.kernels.simd_amx import amx_usable
@@ -75,6 +76,7 @@ class Engine:
         self.optimize = optimize
         self.precision = precision
         self._graph = fold_constants(graph)
+        warn_on_degenerate_scales(self._graph)
         self.num_threads = num_threads
         self.input_names = graph.input_names
         self.output_names = graph.output_names
