@@ -38,6 +38,26 @@ class Epilogue:
     residual: str = ""
 
 
+def bias_constant(graph: Graph, product: Node, other: str, n_cols: int) -> str:
+    """If `other` is a float32 constant of `n_cols` values (a bias), the name of a new writable [N] copy
+    of it for `product`'s epilogue; else ""."""
+    value = graph.initializers.get(other)
+    if value is None or value.size != n_cols or value.shape[-1:] != (n_cols,) or value.dtype != np.float32:
+        return ""
+    name = f"{product.name}/bias"
+    graph.initializers[name] = np.array(value.reshape(n_cols), dtype=np.float32)  # writable copy
+    graph.value_info[name] = Value(name, np.dtype(np.float32), (n_cols,))
+    return name
+
+
+def is_residual(graph: Graph, other: str, output: str) -> bool:
+    """Whether `other`, added to the product's `output`, is a residual: a computed float32 tensor of
+    the same shape."""
+    info = graph.value_info.get(other)
+    return (other not in graph.initializers and info is not None and info.dtype == np.float32
+            and tuple(info.shape) == tuple(graph.value_info[output].shape))
+
+
 def match_epilogue(graph: Graph, uses: Uses, rewriter: Rewriter, product: Node, n_cols: int) -> Epilogue:
     """Bias Add (constant [N], stored as a new writable [N] initializer), then an activation recognised
     numerically, then a residual Add of a same-shaped float32 tensor — each optional, in that order,
@@ -51,12 +71,9 @@ def match_epilogue(graph: Graph, uses: Uses, rewriter: Rewriter, product: Node, 
     nxt = next_free(found.output)
     if nxt is not None and nxt.op_type == "Add":
         other = nxt.inputs[1] if nxt.inputs[0] == found.output else nxt.inputs[0]
-        value = graph.initializers.get(other)
-        if (value is not None and value.size == n_cols and value.shape[-1:] == (n_cols,)
-                and value.dtype == np.float32):
-            found.bias = f"{product.name}/bias"
-            graph.initializers[found.bias] = np.array(value.reshape(n_cols), dtype=np.float32)  # writable copy
-            graph.value_info[found.bias] = Value(found.bias, np.dtype(np.float32), (n_cols,))
+        bias = bias_constant(graph, product, other, n_cols)
+        if bias:
+            found.bias = bias
             found.nodes.append(nxt)
             found.output = nxt.outputs[0]
     last = found.nodes[-1] if found.nodes else product
@@ -68,9 +85,7 @@ def match_epilogue(graph: Graph, uses: Uses, rewriter: Rewriter, product: Node, 
     nxt = next_free(found.output)
     if nxt is not None and nxt.op_type == "Add" and nxt.inputs[0] != nxt.inputs[1]:
         other = nxt.inputs[1] if nxt.inputs[0] == found.output else nxt.inputs[0]
-        info = graph.value_info.get(other)
-        if (other not in graph.initializers and info is not None and info.dtype == np.float32
-                and tuple(info.shape) == tuple(graph.value_info[found.output].shape)):
+        if is_residual(graph, other, found.output):
             found.residual = other
             found.nodes.append(nxt)
             found.output = nxt.outputs[0]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from sparsejit.errors import UnsupportedOperatorError
-from sparsejit.graph.epilogue import match_epilogue
+from sparsejit.graph.epilogue import bias_constant, is_residual, match_epilogue
 from sparsejit.graph.fake_quant import fake_quant_reading
 from sparsejit.graph.ir import Graph, Node, QuantSource
 from sparsejit.graph.quant_ops import MS_DOMAIN, matmulnbits_weight
@@ -185,18 +185,15 @@ def _match_rounded_epilogue(graph: Graph, uses: Uses, rewriter: Rewriter, produc
     found = next_add()
     if found is not None:
         add, other = found
-        value = graph.initializers.get(other)
-        if value is not None and value.size == n_cols and value.shape[-1:] == (n_cols,) and value.dtype == np.float32:
-            bias = add_constant(graph, f"{product.name}/bias", np.array(value.reshape(n_cols), dtype=np.float32))
+        bias = bias_constant(graph, product, other, n_cols)
+        if bias:
             nodes.append(add)
             out, grid = add.outputs[0], None
             take(1)
     found = next_add() if fq[0] is not None or fq[1] is not None else None
     if found is not None:
         add, other = found
-        info = graph.value_info.get(other)
-        if (other not in graph.initializers and info is not None and info.dtype == np.float32
-                and tuple(info.shape) == tuple(graph.value_info[out].shape)):
+        if is_residual(graph, other, out):
             residual = other
             nodes.append(add)
             out, grid = add.outputs[0], None

@@ -15,7 +15,7 @@ before the attention and elementwise fusions, which then see fewer nodes.
 
 from __future__ import annotations
 
-from sparsejit.graph.fake_quant import Grid, quant_grid
+from sparsejit.graph.fake_quant import Grid, fake_quant_producing, quant_grid
 from sparsejit.graph.ir import Graph, Node
 from sparsejit.graph.op_traits import is_view
 from sparsejit.graph.rewrite import Rewriter, Uses, remove_dead_nodes
@@ -48,13 +48,10 @@ def run(graph: Graph, ctx: object = None) -> Graph:
             current = node
         if node.op_type == "DequantizeLinear" and not node.domain:
             grid = quant_grid(graph, node)
-            quantize = uses.producers.get(node.inputs[0])
-            source = resolve(quantize.inputs[0]) if quantize is not None and quantize.inputs else ""
-            if (grid is not None and quantize is not None and quantize.op_type == "QuantizeLinear"
-                    and quant_grid(graph, quantize) == grid and on_grid.get(source) == grid
-                    and node.outputs[0] not in uses.graph_outputs
-                    and uses.sole_consumer(quantize.outputs[0]) is node
-                    and current is node and rewriter.replace([quantize, node], None)):
+            pair = fake_quant_producing(graph, uses, node.outputs[0])
+            source = resolve(pair.source) if pair is not None else ""
+            if (pair is not None and on_grid.get(source) == pair.grid and node.outputs[0] not in uses.graph_outputs
+                    and current is node and rewriter.replace([pair.quantize, node], None)):
                 renamed[node.outputs[0]] = source
                 continue
             if grid is not None:

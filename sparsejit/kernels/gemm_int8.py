@@ -50,7 +50,6 @@ __all__ = ["PackedInt8", "pack_b_int8", "qgemm", "quantize_rows", "dynamic_quant
 configure_threading()
 
 
-
 def default_tile_int8() -> tuple[int, int]:
     """(MR, NR) of the int8 register tile: as the fp32 GEMM's (8 x 48 in zmm; 6 x 16 in ymm on AVX2)."""
     return default_tile()

@@ -25,6 +25,7 @@ addressing, offsets in elements of the array's own dtype, no bounds checks):
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
@@ -50,7 +51,7 @@ from sparsejit.kernels.target import host_target
 
 __all__ = ["vload_bcast4", "visub", "vimul", "vimax", "vimin", "vihsum", "vrint", "vcvt_f2i", "vcvt_rint", "vhmax",
            "vhmin", "vstore_bytes_mask", "vload_bytes_i", "vpack_u8x4", "vsum_bytes",
-           "vsum_bytes_total", "vfake_quant"]
+           "vsum_bytes_total", "vfake_quant", "fake_quant_params", "fake_quant_value"]
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -314,3 +315,23 @@ def vfake_quant(x, fq, i):  # type: ignore[no-untyped-def]
     t = vblend_lt(low, t, t, low)
     t = vblend_lt(t, high, t, high)
     return vmul(vrint(t), vbroadcast(scale))
+
+
+def fake_quant_params(points: list, n_points: int) -> np.ndarray:
+    """The `fq` argument of `vfake_quant` from [scale, lowest, highest] per point (None: no rounding)."""
+    fq = np.zeros(4 * n_points, np.float32)
+    for i, point in enumerate(points):
+        if point:
+            fq[4 * i: 4 * i + 3] = point
+    return fq
+
+
+def fake_quant_value(x: np.float32, fq: np.ndarray, i: int) -> np.float32:
+    """`vfake_quant` of one float32 value, in Python (for constants computed at plan time)."""
+    scale, lowest, highest = fq[4 * i: 4 * i + 3]
+    if not scale:
+        return np.float32(x)
+    t = np.float32(x / scale)
+    t = t if t > lowest else lowest
+    t = t if t < highest else highest
+    return np.float32(np.rint(t) * scale)

@@ -76,6 +76,7 @@ class Engine:
         self.optimize = optimize
         self.precision = precision
         self._graph = fold_constants(graph)
+        self._compiled = False  # set once every bucket is planned and the model data released
         warn_on_degenerate_scales(self._graph)
         self.num_threads = num_threads
         self.input_names = graph.input_names
@@ -129,7 +130,7 @@ class Engine:
         return_freed_memory()
 
     def _make_plan(self, shapes: dict[str, tuple[int, ...]]) -> Plan:
-        if getattr(self, "_compiled", False):
+        if self._compiled:
             raise RuntimeError("this engine's model data was released after compiling its buckets")
         graph = specialise(self._graph, shapes)
         if self.optimize:

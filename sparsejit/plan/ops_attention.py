@@ -7,6 +7,7 @@ import numpy as np
 
 from sparsejit.graph.ir import Node
 from sparsejit.kernels.attention import attention_kernel, bias_strides, packed_qkv_operands, qkv_operands
+from sparsejit.kernels.simd_int8 import fake_quant_params, fake_quant_value
 from sparsejit.plan.lowering import LowerContext, Step, lowers
 
 
@@ -28,10 +29,7 @@ def _attention(node: Node, ctx: LowerContext) -> Step:
     bias = np.zeros(shape, dtype=np.float32)
     sb, sh, si = bias_strides(bias)
     fake_quant = node.attrs.get("fake_quant")  # [scale, lowest, highest] per point (see graph.attention)
-    fq = np.zeros(16, np.float32)
-    for i, point in enumerate(fake_quant or []):
-        if point:
-            fq[4 * i: 4 * i + 3] = point
+    fq = fake_quant_params(fake_quant or [], 4)
     kernel = attention_kernel(d, fake_quant=bool(fake_quant))
     scale = np.float32(node.attrs["scale"])
     nan_to_zero = bool(node.attrs["nan_to_zero"])
@@ -48,18 +46,10 @@ def _attention(node: Node, ctx: LowerContext) -> Step:
 
 
 def _masked_row_value(fq: np.ndarray, nan_to_zero: bool) -> np.float32:
-    """What a row whose every key is masked holds before P·V: softmax gives NaN (as ONNX); then the
-    probability rounding (NaN -> its lowest value), NaN -> 0, and the second rounding, when present."""
-    value = np.float32(np.nan)
-    for i in (2, 3):
-        if i == 3 and nan_to_zero and value != value:
-            value = np.float32(0.0)
-        scale, lowest, highest = fq[4 * i: 4 * i + 3]
-        if scale:
-            t = np.float32(value / scale)
-            t = t if t > lowest else lowest
-            t = t if t < highest else highest
-            value = np.float32(np.rint(t) * scale)
+    """What a row whose every key is masked holds before P·V, as the kernel treats P: softmax gives NaN
+    (as ONNX), then the probability rounding (NaN -> its lowest value), NaN -> 0 when asked, and the
+    second rounding."""
+    value = fake_quant_value(np.float32(np.nan), fq, 2)
     if nan_to_zero and value != value:
         value = np.float32(0.0)
-    return value
+    return fake_quant_value(value, fq, 3)

@@ -38,6 +38,7 @@ from sparsejit.kernels.gemm_int8 import (
 )
 from sparsejit.kernels.normalization import softmax
 from sparsejit.kernels.quantize import accumulate, requantize
+from sparsejit.kernels.simd_int8 import fake_quant_params
 from sparsejit.plan.lowering import LowerContext, Step, lowers
 from sparsejit.plan.ops_elementwise import ELEMENTWISE
 from sparsejit.plan.qkernel_choice import QWeightKernels
@@ -389,15 +390,6 @@ class _SharedQuant:
         self.zero = 0
 
 
-def _fake_quant_vector(points: list) -> np.ndarray:
-    """[scale, lowest, highest] per rounding point (None: none there) as the kernels' float32 [12]."""
-    fq = np.zeros(12, np.float32)
-    for i, point in enumerate(points):
-        if point:
-            fq[4 * i: 4 * i + 3] = point
-    return fq
-
-
 @lowers("QMatMul", domain="sparsejit")
 def _qmatmul(node: Node, ctx: LowerContext) -> Step:
     """out = act(dequant(quant(x) @ Wq) + bias) + residual with the int8 VNNI GEMM."""
@@ -429,7 +421,7 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
     name, kernel = ("dense", None) if fake_quant else kernels.choose(m, activation)
     if name == "dense":  # operands bound once: no per-call argument checks in the hot loop
         product = bind_qgemm(shared.aq, packed, out, bias, activation, residual, rowsum,
-                             fake_quant=_fake_quant_vector(fake_quant) if fake_quant else None)
+                             fake_quant=fake_quant_params(fake_quant, 3) if fake_quant else None)
     else:
         def product(comp: np.ndarray, scale: np.ndarray) -> None:
             kernel(shared.aq, out, comp, scale, bias, residual, rowsum)
