@@ -72,10 +72,10 @@ class Engine:
             raise CPUFeatureError(f"precision='bf16' needs the CPU features AVX-512 F/BW/VL/DQ and AVX512-BF16 "
                                   f"(vdpbf16ps), which this target lacks ({target.cpu}, {target.kernel_family}); "
                                   f"use precision='fp32'")
-        graph = load_onnx(model)
         self.optimize = optimize
         self.precision = precision
-        self._graph = fold_constants(graph)
+        # the loaded graph is not kept: its arrays must be freed before `return_freed_memory`
+        self._graph = graph = fold_constants(load_onnx(model))
         self._compiled = False  # set once every bucket is planned and the model data released
         warn_on_degenerate_scales(self._graph)
         self.num_threads = num_threads

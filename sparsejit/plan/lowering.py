@@ -32,6 +32,39 @@ def lowers(*op_types: str, domain: str = "") -> Callable[[Lowering], Lowering]:
     return register
 
 
+class ScratchPool:
+    """Working memory that a step needs only while it runs, shared by all the steps of one plan.
+
+    A plan runs its steps one after another, so every step may use the same bytes: requests made
+    while lowering one node get disjoint regions, and `begin_step` lets the next node reuse them. A
+    request that does not fit gets a new buffer (at least twice the last), so the steps lowered
+    earlier keep theirs and the total stays within twice the largest step's need.
+    """
+
+    _ALIGN = 64
+
+    def __init__(self) -> None:
+        self._buffer = np.empty(0, np.uint8)
+        self._offset = 0
+
+    def begin_step(self) -> None:
+        self._offset = 0
+
+    def _aligned(self, offset: int) -> int:
+        return offset + (-(self._buffer.ctypes.data + offset) % self._ALIGN)
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """An uninitialised array valid during the current step's run only (contents not kept)."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        start = self._aligned(self._offset)
+        if start + nbytes > self._buffer.size:
+            self._buffer = np.empty(max(nbytes + self._ALIGN, 2 * self._buffer.size), np.uint8)
+            start = self._aligned(0)
+        self._offset = start + nbytes
+        return self._buffer[start:start + nbytes].view(dtype).reshape(shape)
+
+
 @dataclass
 class LowerContext:
     """What a lowering may look at: the specialised graph, its buffers and shared weight caches."""
@@ -40,6 +73,7 @@ class LowerContext:
     arrays: dict[str, np.ndarray]
     weight_cache: dict = field(default_factory=dict)
     precision: str = "fp32"  # "bf16": constant matrix-product weights rounded to bf16
+    scratch_pool: ScratchPool = field(default_factory=ScratchPool)
 
     def array(self, name: str) -> np.ndarray:
         return self.arrays[name]
@@ -61,6 +95,10 @@ class LowerContext:
 
     def opset(self, node: Node) -> int:
         return self.graph.opset(node.domain)
+
+    def scratch(self, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+        """Working memory for the step being lowered: valid only while that step runs."""
+        return self.scratch_pool.take(tuple(shape), dtype)
 
     def shared(self, key, build: Callable[[], object]):
         """Memoise a derived weight (e.g. a packed matrix) so every bucket shares one copy."""

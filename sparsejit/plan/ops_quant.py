@@ -219,8 +219,8 @@ def _qlinear_matmul(node: Node, ctx: LowerContext) -> Step:
         comp, scale = epilogue_vectors(packed, za_u8, float(np.asarray(sa).reshape(())),
                                        float(np.asarray(sy).reshape(())))
         m = a.size // packed.k
-        aq = np.empty((m, packed.kp), np.uint8)
-        rowsum = np.empty(m, np.int32) if packed.has_zero else None
+        aq = ctx.scratch((m, packed.kp), np.uint8)
+        rowsum = ctx.scratch((m,), np.int32) if packed.has_zero else None
         zero_y = int(np.asarray(zy).reshape(()))
 
         def run() -> None:
@@ -251,9 +251,9 @@ def _qlinear_matmul(node: Node, ctx: LowerContext) -> Step:
 
         return run_float64
     chunks = [(k0, min(k, k0 + _EXACT_F32_K)) for k0 in range(0, k, _EXACT_F32_K)] or [(0, 0)]
-    af, bf = np.empty(a.shape, np.float32), np.empty(b.shape, np.float32)
-    acc32 = np.empty(out.shape, np.float32)
-    acc64 = np.empty(out.shape, np.float64) if len(chunks) > 1 else None
+    af, bf = ctx.scratch(a.shape, np.float32), ctx.scratch(b.shape, np.float32)
+    acc32 = ctx.scratch(out.shape, np.float32)
+    acc64 = ctx.scratch(out.shape, np.float64) if len(chunks) > 1 else None
     zero_y = int(np.asarray(zy).reshape(()))
 
     def run_dynamic() -> None:
@@ -308,8 +308,8 @@ def _qlinear_softmax(node: Node, ctx: LowerContext) -> Step:
     x = ctx.operand(node.inputs[0])
     out = ctx.array(node.outputs[0])
     dtype = _out_qdtype(node, ctx)
-    xf = np.empty(x.shape, np.float32)
-    yf = np.empty(x.shape, np.float32)
+    xf = ctx.scratch(x.shape, np.float32)
+    yf = ctx.scratch(x.shape, np.float32)
     ops_in = _Operands(xf)
     xs = ops_in.add(x, as_float=True)
     z_in = ops_in.add(_param(ctx, node, 2), as_float=True)
@@ -436,8 +436,8 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
 
         return run_static
 
-    comp_buf = np.empty(packed.n_panels * packed.nr, np.int32)
-    scale_buf = np.empty(packed.n_panels * packed.nr, np.float32)
+    comp_buf = ctx.scratch((packed.n_panels * packed.nr,), np.int32)
+    scale_buf = ctx.scratch((packed.n_panels * packed.nr,), np.float32)
     fill_epilogue = bind_epilogue_vectors(packed, comp_buf, scale_buf)
 
     def run_dynamic() -> None:

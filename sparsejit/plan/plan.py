@@ -49,7 +49,10 @@ class Plan:
             arrays[name] = arrays[source].reshape(info[name].shape)
         self.inputs = {v.name: arrays[v.name] for v in graph.inputs}
         ctx = LowerContext(graph, arrays, weight_cache, precision)
-        lowered = [(node, lower(node, ctx)) for node in graph.nodes]
+        lowered = []
+        for node in graph.nodes:
+            ctx.scratch_pool.begin_step()
+            lowered.append((node, lower(node, ctx)))
         self.steps = [step for _, step in lowered if step is not None]
         self.step_nodes = [node for node, step in lowered if step is not None]
         self.outputs = {v.name: arrays[v.name] if v.name in arrays else graph.initializers[v.name]
