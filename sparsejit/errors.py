@@ -15,6 +15,15 @@ class ExternalDataError(ModelLoadError):
     """A tensor's external-data file is missing or too short."""
 
 
+class CheckpointError(ModelLoadError):
+    """A Hugging Face checkpoint directory cannot be built: a config key or weight it names is missing,
+    malformed or not supported (``key`` says which)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        self.key = key
+        super().__init__(message)
+
+
 class UnsupportedOperatorError(SparsejitError):
     """The graph holds an operator sparsejit cannot compile (raised at compile time)."""
 

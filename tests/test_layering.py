@@ -9,6 +9,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "sparsejit"
 FORBIDDEN = {
+    "checkpoints": ("sparsejit.graph", "sparsejit.kernels", "sparsejit.plan", "sparsejit.tasks", "sparsejit.serve"),
     "graph": ("sparsejit.kernels", "sparsejit.plan", "sparsejit.tasks", "sparsejit.serve"),
     "kernels": ("sparsejit.graph", "sparsejit.plan", "sparsejit.tasks", "sparsejit.serve"),
     "plan": ("sparsejit.tasks", "sparsejit.serve"),

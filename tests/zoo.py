@@ -88,7 +88,7 @@ def _cached_build(name: str, params: dict[str, Any], build: Callable[[Path], dic
     key = json.dumps({"name": name, "params": params, "versions": _versions()}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     target = cache_root() / f"{name}-{digest}"
-    if (target / "model.onnx").is_file() and (target / "zoo.json").is_file():
+    if (target / "zoo.json").is_file():  # written last, in the temporary directory: the build completed
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=target.parent))
@@ -303,6 +303,13 @@ def _random_config(arch: str) -> Any:
 
     if arch == "bert-base":
         return tf.BertConfig()  # the real BERT-base shape: 12 layers, hidden 768, 12 heads, vocab 30522
+    if arch == "bert":
+        return tf.BertConfig(**_SMALL)
+    if arch == "xlm-roberta":
+        return tf.XLMRobertaConfig(
+            vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+            eos_token_id=2, **_SMALL,
+        )  # fmt: skip
     if arch == "distilbert":
         return tf.DistilBertConfig(n_layers=3, dim=256, n_heads=4, hidden_dim=1024)
     if arch == "roberta":
@@ -319,7 +326,7 @@ def _random_config(arch: str) -> Any:
     raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
 
 
-def random_encoder_torch(arch: str, head: str = "base") -> Any:
+def random_encoder_torch(arch: str, head: str = "base", **config_changes: Any) -> Any:
     """The PyTorch model behind :func:`random_encoder` (same seed, so the same weights), in eval mode."""
     import torch
     import transformers as tf
@@ -329,6 +336,8 @@ def random_encoder_torch(arch: str, head: str = "base") -> Any:
     config = _random_config(arch)
     if head in _NUM_LABELS:
         config.num_labels = _NUM_LABELS[head]
+    for key, value in config_changes.items():
+        setattr(config, key, value)
     auto = {
         "base": tf.AutoModel,
         "sequence_classification": tf.AutoModelForSequenceClassification,
@@ -434,6 +443,30 @@ def minilm_sentence_transformer(exporter: str = "torchscript") -> Path:
 
     src = minilm_dir()
     return _export_pretrained("minilm-l6-v2", src, "base", exporter, ("tokenizer_config.json",))
+
+
+def random_checkpoint(arch: str, head: str = "base", dtype: str = "float32", max_shard_size: str | None = None,
+                      **config_changes: Any) -> Path:
+    """The random model of :func:`random_encoder_torch` saved by ``save_pretrained`` as a Hugging Face
+    checkpoint directory (config.json + safetensors, no ONNX, no tokenizer), its weights cast to ``dtype``
+    (float32, float16, bfloat16), sharded when ``max_shard_size`` is given. ``arch`` may also be one of
+    :data:`CHECKPOINT_ARCHS`; ``config_changes`` are set on the config before the weights are drawn."""
+    params = {"arch": arch, "head": head, "dtype": dtype, "max_shard_size": max_shard_size, **config_changes}
+
+    def build(d: Path) -> dict[str, Any]:
+        model = random_encoder_torch(arch, head, **config_changes)
+        import torch
+
+        model = model.to(getattr(torch, dtype))
+        kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+        model.save_pretrained(str(d), safe_serialization=True, **kwargs)
+        return {}
+
+    suffix = "-".join(f"{k}={v}" for k, v in sorted(config_changes.items()))
+    return _cached_build(f"checkpoint-{arch}-{head}-{dtype}-{max_shard_size}-{suffix}", params, build)
+
+
+CHECKPOINT_ARCHS = ("bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "mpnet")
 
 
 # ------------------------------------------------------------------------------------------- rampart

@@ -9,17 +9,25 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from sparsejit.checkpoints import CheckpointSource, build_checkpoint, is_checkpoint_dir
 from sparsejit.errors import ExternalDataError, ModelLoadError
 from sparsejit.graph.ir import Graph, Node, Shape, Value
 
-ModelSource = str | os.PathLike | bytes | onnx.ModelProto
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto | CheckpointSource
 
 
 def load_onnx(source: ModelSource) -> Graph:
     """Load an ONNX model (path, serialized bytes or ModelProto) into a `Graph`.
 
-    External-data tensors are read from files beside the model. Model-local functions are inlined.
+    External-data tensors are read from files beside the model. Model-local functions are inlined. A
+    Hugging Face checkpoint directory (config.json + safetensors, no model.onnx) or a `CheckpointSource`
+    is built into its encoder's graph, its weights going straight to the IR.
     """
+    if not isinstance(source, CheckpointSource | bytes | onnx.ModelProto) and is_checkpoint_dir(source):
+        source = CheckpointSource(Path(source))
+    if isinstance(source, CheckpointSource):
+        built = build_checkpoint(source)
+        return _convert(built.model, os.getcwd(), built.initializers)
     model, base_dir = _read_model(source)
     if model.functions:
         from onnx import inliner
@@ -40,6 +48,10 @@ def _read_model(source: ModelSource) -> tuple[onnx.ModelProto, str]:
     if path.is_dir():
         path = path / "model.onnx"
     if not path.is_file():
+        if (path.parent / "config.json").is_file() and path.name == "model.onnx":
+            raise ModelLoadError(f"{str(path.parent)!r} has config.json but neither model.onnx nor safetensors "
+                                 "weights: save the checkpoint with safe_serialization=True (the default of "
+                                 "transformers' save_pretrained) or export it to ONNX")
         raise ModelLoadError(f"no ONNX model file at {str(path)!r}: check the path")
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -140,12 +152,14 @@ def _constant_value(node: Node) -> np.ndarray:
     raise ModelLoadError(f"Constant node {node.name!r} has no value form sparsejit reads ({list(attrs)})")
 
 
-def _convert(model: onnx.ModelProto, base_dir: str) -> Graph:
+def _convert(model: onnx.ModelProto, base_dir: str, arrays: dict[str, np.ndarray] | None = None) -> Graph:
+    """`arrays`: initializers given beside the graph instead of inside it."""
     g = model.graph
     opsets = {imp.domain or "": int(imp.version) for imp in model.opset_import}
     if "ai.onnx" in opsets and "" not in opsets:
         opsets[""] = opsets.pop("ai.onnx")
     initializers = {t.name: tensor_to_array(t, base_dir) for t in g.initializer}
+    initializers.update(arrays or {})
     nodes: list[Node] = []
     for i, n in enumerate(g.node):
         node = Node(

@@ -14,9 +14,12 @@ onnxruntime is imported only when asked for; it is a test extra, not a runtime d
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from sparsejit.checkpoints import export_checkpoint, is_checkpoint_dir
+from sparsejit.errors import SparsejitError
 from sparsejit.kernels.target import host_target
 
 __all__ = ["BenchmarkError", "format_report", "parse_shapes", "run_benchmark"]
@@ -57,7 +62,17 @@ def parse_shapes(text: str) -> list[list[int]]:
 
 
 def _model_file(model: str | os.PathLike) -> Path:
+    """The ONNX file to measure; a checkpoint directory is exported to a temporary one (with its
+    config.json), removed at exit: both engines then run the same graph."""
     path = Path(model)
+    if is_checkpoint_dir(path):
+        work = tempfile.mkdtemp(prefix="sparsejit-benchmark-")
+        atexit.register(shutil.rmtree, work, True)
+        shutil.copy(path / "config.json", work)
+        try:
+            return export_checkpoint(path, Path(work) / "model.onnx")
+        except SparsejitError as exc:
+            raise BenchmarkError(str(exc)) from None
     if path.is_dir():
         path = path / "model.onnx"
     if not path.is_file():

@@ -1,4 +1,4 @@
-"""The ``sparsejit`` command: ``sparsejit serve ...`` and ``sparsejit benchmark MODEL ...``.
+"""The ``sparsejit`` command: ``serve``, ``benchmark``, ``sparsify`` and ``export``.
 
 Importing this module is cheap and needs neither torch nor onnxruntime: the server, the compiler and
 onnxruntime are imported only by the command that uses them.
@@ -42,7 +42,8 @@ def main() -> None:
 @main.command()
 @click.option("--task", help="task of a single endpoint (text-classification, qa, ner, embeddings, ...)")
 @click.option("--model-path", "--model_path", "model_path",
-              help="model directory (model.onnx + tokenizer.json + config.json) or .onnx file")
+              help="model directory (model.onnx + tokenizer.json + config.json), .onnx file, or Hugging Face "
+                   "checkpoint directory (config.json + *.safetensors + tokenizer.json)")
 @click.option("--config-file", "--config_file", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="YAML file with 'endpoints: [{name, task, model, batch_size, sequence_length, kwargs}]'")
 @click.option("--name", default=None, help="endpoint name of a single-endpoint server (default: the task)")
@@ -183,6 +184,10 @@ def benchmark(model: str, batch_size: int, input_shapes: str | None, scenario: s
 from sparsejit.sparsify_cli import sparsify_command  # noqa: E402  (the command lives in its own module)
 
 main.add_command(sparsify_command)
+
+from sparsejit.export_cli import export_command  # noqa: E402
+
+main.add_command(export_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

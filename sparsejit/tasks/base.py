@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel
 from tokenizers import Encoding, Tokenizer
 
+from sparsejit.checkpoints import CheckpointSource, is_checkpoint_dir
 from sparsejit.errors import InvalidInputError, ModelLoadError
 
 __all__ = [
@@ -44,10 +45,10 @@ _KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids"
 
 @dataclass
 class ModelFiles:
-    """Where a pipeline's model lives: the ONNX model (path or in-memory proto) and the directory that
-    holds ``tokenizer.json`` / ``config.json``."""
+    """Where a pipeline's model lives: the ONNX model (path or in-memory proto) or a Hugging Face
+    checkpoint, and the directory that holds ``tokenizer.json`` / ``config.json``."""
 
-    model: Path | Any  # Path to an .onnx file, or an onnx.ModelProto built in memory
+    model: Path | CheckpointSource | Any  # Path to an .onnx file, a checkpoint, or an onnx.ModelProto
     directory: Path
 
     @property
@@ -59,19 +60,23 @@ class ModelFiles:
         return self.directory / "config.json"
 
 
-def resolve_model_files(model_path: str | os.PathLike | ModelFiles) -> ModelFiles:
-    """Accept a directory holding ``model.onnx`` (Hugging Face layout) or an ``.onnx`` file beside its
-    ``tokenizer.json`` / ``config.json``."""
+def resolve_model_files(model_path: str | os.PathLike | ModelFiles, head: str | None = None) -> ModelFiles:
+    """Accept a directory holding ``model.onnx`` (Hugging Face layout), an ``.onnx`` file beside its
+    ``tokenizer.json`` / ``config.json``, or a checkpoint directory (config.json + safetensors, no
+    model.onnx), whose encoder is built with ``head`` (None: the one its config names)."""
     if isinstance(model_path, ModelFiles):
         return model_path
     path = Path(model_path).expanduser()
-    if path.is_dir():
+    if is_checkpoint_dir(path):
+        onnx_path: Path | CheckpointSource = CheckpointSource(path, head)
+        directory = path
+    elif path.is_dir():
         onnx_path = path / "model.onnx"
         if not onnx_path.is_file():
             candidates = sorted(path.glob("*.onnx"))
             if len(candidates) != 1:
-                raise ModelLoadError(f"{path} has no model.onnx (found {[c.name for c in candidates]}); "
-                                     "pass the .onnx file itself")
+                raise ModelLoadError(f"{path} has no model.onnx (found {[c.name for c in candidates]}) and is "
+                                     "not a checkpoint (config.json + *.safetensors); pass the .onnx file itself")
             onnx_path = candidates[0]
         directory = path
     elif path.is_file():
@@ -148,6 +153,7 @@ class Pipeline:
     input_schema: ClassVar[type[BaseModel]]
     output_schema: ClassVar[type[BaseModel]]
     default_model: ClassVar[Callable[[], str | os.PathLike | ModelFiles] | None] = None
+    checkpoint_head: ClassVar[str | None] = None  # the head built from a checkpoint directory for this task
 
     def __init__(self, model_path: str | os.PathLike | ModelFiles | None = None, *, batch_size: int = 1,
                  sequence_length: int | Sequence[int] = 128, num_threads: int | None = None,
@@ -160,7 +166,7 @@ class Pipeline:
             model_path = type(self).default_model()
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
-        self.files = resolve_model_files(model_path)
+        self.files = resolve_model_files(model_path, self.checkpoint_head)
         self.config = load_config(self.files.directory)
         self.tokenizer = load_tokenizer(self.files.tokenizer_path)
         self.pad_token_id = _pad_token_id(self.tokenizer, self.config, self.files.tokenizer_path)
@@ -214,6 +220,8 @@ class Pipeline:
     def _pad_values(self, model: Any) -> dict[str, int] | None:
         import onnx
 
+        if isinstance(model, CheckpointSource):  # built graphs read input_ids (+ attention_mask, token types)
+            return {"input_ids": self.pad_token_id}
         if isinstance(model, onnx.ModelProto):
             proto = model
         else:

@@ -3,7 +3,8 @@
 ``extraction_strategy``: ``per_token`` (one vector per real token, padding dropped), ``reduce_mean``
 (attention-mask-aware mean — sentence-transformers' mean pooling), ``reduce_max`` (mask-aware max),
 ``cls_token`` (the first token). ``normalize=True`` L2-normalises the result (as sentence-transformers'
-Normalize module does).
+Normalize module does). A model directory with a sentence-transformers ``modules.json`` sets both
+defaults to what its Pooling / Normalize modules do, so vectors equal ``SentenceTransformer.encode``'s.
 
 ``emb_extraction_layer``: -1 (default) is the output of the last encoder layer, before any task head;
 ``i >= 0`` the output of encoder layer ``i`` (0-based), negative counts from the end; ``None`` uses the
@@ -24,8 +25,10 @@ import onnx
 from onnx import TensorProto, helper
 from pydantic import BaseModel, Field, RootModel
 
+from sparsejit.checkpoints import CheckpointSource, build_checkpoint
 from sparsejit.errors import InvalidInputError, ModelLoadError
 from sparsejit.tasks.base import Encoded, ModelFiles, Pipeline
+from sparsejit.tasks.sentence_transformers_config import read_sentence_embedding_config
 
 __all__ = [
     "EXTRACTION_STRATEGIES",
@@ -140,6 +143,7 @@ class EmbeddingExtractionPipeline(Pipeline):
     """
 
     task = "transformers_embedding_extraction"
+    checkpoint_head = "base"
     input_schema = EmbeddingExtractionInput
     output_schema = EmbeddingExtractionOutput
     default_model = staticmethod(_default_model)
@@ -152,12 +156,19 @@ class EmbeddingExtractionPipeline(Pipeline):
         self.emb_extraction_layer = emb_extraction_layer
         super().__init__(model_path, **kwargs)
         self.output_name = self.engine.output_names[0]
+        declared = read_sentence_embedding_config(self.files.directory)
+        if declared is not None:  # sentence-transformers' pooling and Normalize, unless the caller chose
+            defaults = {"extraction_strategy": declared.extraction_strategy, "normalize": declared.normalize}
+            self._params = (self._params[0], self._params[1], {**defaults, **self._params[2]})
 
     def _prepare_model(self, files: ModelFiles) -> Any:
         layer = self.emb_extraction_layer
-        if layer is None:
-            return files.model
-        model = files.model if isinstance(files.model, onnx.ModelProto) else onnx.load(str(Path(files.model)))
+        if layer is None or (layer == -1 and isinstance(files.model, CheckpointSource)):
+            return files.model  # a checkpoint's encoder graph ends at last_hidden_state
+        if isinstance(files.model, CheckpointSource):
+            model = build_checkpoint(files.model).to_onnx()
+        else:
+            model = files.model if isinstance(files.model, onnx.ModelProto) else onnx.load(str(Path(files.model)))
         names = [o.name for o in model.graph.output]
         if layer == -1 and names and names[0] == "last_hidden_state":
             if len(names) == 1:

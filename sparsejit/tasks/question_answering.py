@@ -246,6 +246,7 @@ class QuestionAnsweringPipeline(Pipeline):
     """
 
     task = "question_answering"
+    checkpoint_head = "question_answering"
     input_schema = QuestionAnsweringInput
     output_schema = QuestionAnsweringOutput
 

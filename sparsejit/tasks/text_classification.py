@@ -70,6 +70,7 @@ class TextClassificationPipeline(Pipeline):
     """
 
     task = "text_classification"
+    checkpoint_head = "sequence_classification"
     input_schema = TextClassificationInput
     output_schema = TextClassificationOutput
 

@@ -100,6 +100,7 @@ class TokenClassificationPipeline(Pipeline):
     """
 
     task = "token_classification"
+    checkpoint_head = "token_classification"
     input_schema = TokenClassificationInput
     output_schema = TokenClassificationOutput
     default_model = staticmethod(_default_model)
