@@ -95,7 +95,8 @@ _ARM64_DEBS = ("libc6", "libgcc-s1", "libstdc++6", "python3.11-minimal", "libpyt
                "libsqlite3-0", "libncursesw6", "libtinfo6", "libreadline8", "libuuid1", "libcrypt1", "libnsl2",
                "libtirpc3", "libgssapi-krb5-2", "libkrb5-3", "libk5crypto3", "libkrb5support0", "libcom-err2",
                "libkeyutils1", "libdb5.3", "libgdbm6")
-_ARM64_WHEELS = ("onnx", "tokenizers", "fastapi", "uvicorn", "click", "pydantic", "pyyaml", "psutil")
+_ARM64_WHEELS = ("onnx", "safetensors", "ml_dtypes", "tokenizers", "fastapi", "uvicorn", "click", "pydantic",
+                 "pyyaml", "psutil")
 
 
 def aarch64_emulator(base: Path | None = None) -> Emulator:
@@ -117,15 +118,18 @@ def aarch64_emulator(base: Path | None = None) -> Emulator:
         subprocess.run(["apt-get", "download", "-qq", *(f"{p}:arm64" for p in _ARM64_DEBS)], cwd=debs, check=True)
         for deb in debs.glob("*.deb"):
             subprocess.run(["dpkg", "-x", str(deb), str(root)], check=True)
-    if not (site / "numba").is_dir():
-        import llvmlite
-        import numba
+    import llvmlite
+    import numba
 
-        pins = [f"numba=={numba.__version__}", f"llvmlite=={llvmlite.__version__}", f"numpy=={np.__version__}"]
+    pins = [f"numba=={numba.__version__}", f"llvmlite=={llvmlite.__version__}", f"numpy=={np.__version__}"]
+    installed = site / ".sparsejit-wheels"  # what the site holds: reinstalled when the list changes
+    wanted = " ".join([*pins, *_ARM64_WHEELS])
+    if not installed.is_file() or installed.read_text() != wanted:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site), "--python-version",
                         "3.11", "--implementation", "cp", "--only-binary=:all:", "--platform", "manylinux2014_aarch64",
                         "--platform", "manylinux_2_17_aarch64", "--platform", "manylinux_2_28_aarch64",
-                        *pins, *_ARM64_WHEELS], check=True)
+                        "--upgrade", *pins, *_ARM64_WHEELS], check=True)
+        installed.write_text(wanted)
     env = dict(os.environ)
     env.pop("SPARSEJIT_TARGET", None)
     env["PYTHONPATH"] = os.pathsep.join([str(site), _repo()])

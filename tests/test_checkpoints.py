@@ -127,6 +127,20 @@ def test_hidden_act_variants(act: str) -> None:
     np.testing.assert_allclose(engine.run(feed)["last_hidden_state"], expected, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("type_vocab_size", [1, 3])
+def test_token_type_vocabulary_sizes(type_vocab_size: int) -> None:
+    """One token type: its row is added everywhere and the model reads no token_type_ids; more: read."""
+    directory = zoo.random_checkpoint("bert", "base", type_vocab_size=type_vocab_size)
+    engine = sparsejit.compile(directory, batch_size=BATCH, sequence_length=SEQ)
+    assert ("token_type_ids" in engine.input_names) == (type_vocab_size > 1)
+    feed = _inputs(directory)
+    feed["token_type_ids"][0, -3:] = type_vocab_size - 1
+    feed = _feed_for(engine.input_names, feed)
+    model = zoo.random_encoder_torch("bert", "base", type_vocab_size=type_vocab_size)
+    expected = _torch_outputs(model, feed, ["last_hidden_state"])["last_hidden_state"]
+    np.testing.assert_allclose(engine.run(feed)["last_hidden_state"], expected, atol=TOL, rtol=0)
+
+
 def test_mpnet_relative_buckets_equal_transformers() -> None:
     from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
 
