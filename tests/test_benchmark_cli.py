@@ -57,6 +57,12 @@ def test_bf16_precision(model: Path, tmp_path: Path) -> None:
                                        "--precision", "bf16", "-x", str(out), "-q"])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["precision"] == "bf16"
+    assert "sparsejit precision: bf16 (asked: bf16); float products: AVX512-BF16 vdpbf16ps" in result.output
+    result = CliRunner().invoke(main, ["benchmark", str(model), "-i", "[1,32]", "-t", "0.3", "-w", "0",
+                                       "--precision", "auto", "-x", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["precision_requested"] == "auto" and report["precision"] in ("fp32", "bf16")
     result = CliRunner().invoke(main, ["benchmark", str(model), "--precision", "fp16", "-q"])
     assert result.exit_code == 2 and "fp16" in result.output
 

@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 
 from sparsejit.kernels import gemm_bf16 as B
+from sparsejit.kernels.target import host_target
 
 torch = pytest.importorskip("torch")
+
+needs_bf16 = pytest.mark.skipif(not host_target().avx512_bf16,
+                                reason="precision='bf16' needs AVX512-BF16, which this CPU lacks")
 
 
 def _as_float(bits: np.ndarray) -> np.ndarray:
@@ -96,6 +100,7 @@ def test_bad_precision_is_a_clear_error() -> None:
         sparsejit.compile(directory / "model.onnx", batch_size=1, sequence_length=16, precision="fp16")
 
 
+@needs_bf16
 def test_sentiment_accuracy_bf16() -> None:
     """The real sentiment model on its 1,000 held-out tweets: bf16 weights keep the accuracy within one
     point of fp32 (84.2 %, the figure in ../shared/README.md, which fp32 matches exactly)."""
@@ -114,3 +119,44 @@ def test_sentiment_accuracy_bf16() -> None:
     acc = sum(g == y for g, y in zip(got, gold, strict=True)) / len(gold)
     print(f"eval.csv accuracy with bf16 weights: {acc:.3f} (fp32: 0.842)")
     assert abs(acc - 0.842) <= 0.01
+
+
+@needs_bf16
+def test_squad_em_f1_bf16() -> None:
+    """The real QA model on the 180 answerable held-out questions: EM / F1 within one point of fp32's
+    38.3 / 49.0 (../shared/README.md; tests/test_qa.py checks fp32 reproduces them)."""
+    import json
+
+    from sparsejit import Pipeline
+    from sparsejit.tasks.squad_metrics import evaluate, iter_questions
+    from tests import zoo
+
+    src = zoo.shared_dir("minilm-squad")
+    data = json.loads((src / "eval-answerable.json").read_text())
+    items = list(iter_questions(data))
+    pipe = Pipeline.create("qa", zoo.shared_model("minilm-squad"), batch_size=4,
+                           sequence_length=[128, 256, 384], precision="bf16")
+    answers = pipe(question=[q for _, q, _, _ in items], context=[c for _, _, c, _ in items])
+    result = evaluate(data, {qid: a["answer"] for (qid, *_), a in zip(items, answers, strict=True)})
+    print(f"bf16 EM {result['exact_match']:.1f} F1 {result['f1']:.1f} (fp32: 38.3 / 49.0)")
+    assert result["total"] == 180
+    assert abs(result["exact_match"] - 38.3) <= 1.0 and abs(result["f1"] - 49.0) <= 1.0
+
+
+@needs_bf16
+def test_minilm_embeddings_bf16_cosine_to_fp32() -> None:
+    """all-MiniLM-L6-v2 (its checkpoint, pooled and normalised as sentence-transformers does): every
+    bf16 embedding of 200 real tweets has cosine >= 0.999 to its fp32 embedding."""
+    import csv
+
+    from sparsejit import Pipeline
+    from sparsejit.model_wheels import minilm_dir
+    from tests import zoo
+
+    with open(zoo.shared_dir("minilm-sentiment") / "eval.csv", newline="") as f:
+        texts = [row["text"] for row in csv.DictReader(f)][:200]
+    vectors = {precision: Pipeline.create("embeddings", minilm_dir(), batch_size=16, sequence_length=[64],
+                                          precision=precision)(texts) for precision in ("fp32", "bf16")}
+    cosine = np.sum(vectors["fp32"] * vectors["bf16"], axis=1)  # both unit length
+    print(f"bf16 vs fp32 cosine: min {cosine.min():.5f}, mean {cosine.mean():.5f}")
+    assert cosine.min() >= 0.999

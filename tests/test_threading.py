@@ -50,7 +50,7 @@ def test_kernels_are_chosen_under_the_engines_thread_count(tmp_path, monkeypatch
         return timed(runs)
 
     monkeypatch.setattr(kernel_choice, "time_candidates", spy)
-    monkeypatch.setattr(kernel_choice, "_read_decision", lambda key: None)
+    monkeypatch.setattr(kernel_choice, "read_decision", lambda key: None)
     before = numba.get_num_threads()
     engine = sparsejit.compile(str(tmp_path / "m.onnx"), input_shapes={"x": (8, 64)}, num_threads=1)
     assert seen and set(seen) == {1}

@@ -11,7 +11,6 @@ import numpy as np
 
 from sparsejit.errors import (
     BatchTooLargeError,
-    CPUFeatureError,
     InvalidInputError,
     SequenceTooLongError,
     ShapeError,
@@ -27,8 +26,7 @@ from sparsejit.kernels.simd_amx import amx_usable
 from sparsejit.kernels.target import host_target
 from sparsejit.kernels.threading import set_threads, thread_count
 from sparsejit.plan.plan import Plan
-
-PRECISIONS = ("fp32", "bf16")
+from sparsejit.plan.precision import product_kernels, resolve_precision
 
 BATCH, SEQ = "batch", "sequence"
 
@@ -65,13 +63,8 @@ class Engine:
                  input_shapes: Mapping[str, Sequence[int]] | None = None,
                  pad_values: Mapping[str, int | float] | None = None, optimize: bool = True,
                  precision: str = "fp32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        target = host_target()
-        if precision == "bf16" and not target.avx512_bf16:
-            raise CPUFeatureError(f"precision='bf16' needs the CPU features AVX-512 F/BW/VL/DQ and AVX512-BF16 "
-                                  f"(vdpbf16ps), which this target lacks ({target.cpu}, {target.kernel_family}); "
-                                  f"use precision='fp32'")
+        self.requested_precision = precision
+        precision = resolve_precision(precision, host_target())
         self.optimize = optimize
         self.precision = precision
         # the loaded graph is not kept: its arrays must be freed before `return_freed_memory`
@@ -168,8 +161,9 @@ class Engine:
         """What was compiled and for which CPU: buckets, precision, threads, the kernel family."""
         target = host_target()
         return {"inputs": self.input_names, "outputs": self.output_names, "buckets": self.buckets,
-                "precision": self.precision, "num_threads": self.num_threads, "cpu": target.cpu,
-                "target": target.level, "kernels": target.kernel_family, "amx": amx_usable()}
+                "precision": self.precision, "precision_requested": self.requested_precision,
+                "float_products": product_kernels(self.precision, target), "num_threads": self.num_threads,
+                "cpu": target.cpu, "target": target.level, "kernels": target.kernel_family, "amx": amx_usable()}
 
     def __repr__(self) -> str:
         return (f"Engine(inputs={self.input_names}, outputs={self.output_names}, "
@@ -409,6 +403,9 @@ def compile(model: ModelSource, batch_size: int | None = None,
     skips the fusion passes (one kernel per ONNX node; for debugging). `precision="bf16"` rounds the
     constant fp32 matrix-product weights to bf16 (run by AVX512-BF16 kernels, float32 accumulation;
     activations are rounded to bf16 as they enter those products); everything else stays fp32.
+    `precision="auto"` picks bf16 where this CPU's bf16 products measure clearly faster than fp32 (AMD
+    Zen 4/5), else fp32; `engine.describe()` says what was chosen. The source may also be a Hugging Face
+    checkpoint directory (config.json + safetensors; see `sparsejit.checkpoints`).
     """
     return Engine(model, batch_size, sequence_length, num_threads, input_shapes, pad_values, optimize,
                   precision)

@@ -146,12 +146,12 @@ class TimedChoice:
         if len(names) == 1:
             return names[0]
         key = self._cache_key(m, activation, names)
-        record = _read_decision(key)
+        record = read_decision(key)
         if record is None or record.get("kernel") not in names:
             times = self._time(names, m, activation)
             record = {"kernel": min(times, key=times.__getitem__), "times": times, "m": m,
                       "activation": activation, **self._describe()}
-            _write_decision(key, record)
+            write_decision(key, record)
         self.decisions[(m, activation)] = record
         return str(record["kernel"])
 
@@ -261,7 +261,7 @@ def _decision_dir() -> Path:
     return cache_root() / "kernel-choices"
 
 
-def _read_decision(key: str) -> dict[str, Any] | None:
+def read_decision(key: str) -> dict[str, Any] | None:
     path = _decision_dir() / f"{key}.json"
     try:
         return json.loads(path.read_text())
@@ -269,7 +269,7 @@ def _read_decision(key: str) -> dict[str, Any] | None:
         return None
 
 
-def _write_decision(key: str, record: dict[str, Any]) -> None:
+def write_decision(key: str, record: dict[str, Any]) -> None:
     directory = _decision_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -146,7 +146,9 @@ def make_feed(path: Path, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> 
 
 
 def _sparsejit_runs(path: Path, shapes: dict[str, tuple[int, ...]], streams: int,
-                    threads: int | None, precision: str = "fp32") -> list[RunFn]:
+                    threads: int | None, precision: str = "fp32",
+                    described: dict[str, Any] | None = None) -> list[RunFn]:
+    """One engine per stream; `described` receives the first engine's `describe()`."""
     import sparsejit
 
     dims = {len(s) for s in shapes.values()}
@@ -160,6 +162,8 @@ def _sparsejit_runs(path: Path, shapes: dict[str, tuple[int, ...]], streams: int
         else:
             engine = sparsejit.compile(str(path), num_threads=threads, input_shapes=shapes, precision=precision)
         runs.append(engine.run)
+        if described is not None and not described:
+            described.update(engine.describe())
     return runs
 
 
@@ -275,8 +279,8 @@ def run_benchmark(model: str | os.PathLike, *, batch_size: int = 1,
         raise BenchmarkError(f"scenario must be sync or async, got {scenario!r}")
     if engine not in ("sparsejit", "onnxruntime", "both"):
         raise BenchmarkError(f"engine must be sparsejit, onnxruntime or both, got {engine!r}")
-    if precision not in ("fp32", "bf16"):
-        raise BenchmarkError(f"precision must be fp32 or bf16, got {precision!r}")
+    if precision not in ("fp32", "bf16", "auto"):
+        raise BenchmarkError(f"precision must be fp32, bf16 or auto, got {precision!r}")
     path = _model_file(model)
     cores = num_cores or os.cpu_count() or 1
     streams = 1 if scenario == "sync" else (num_streams or max(1, cores // 2))
@@ -287,10 +291,11 @@ def run_benchmark(model: str | os.PathLike, *, batch_size: int = 1,
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     runs: dict[str, list[RunFn]] = {}
+    described: dict[str, Any] = {}
     for name in names:
         log(f"{name}: preparing ({streams} stream(s), {threads} thread(s) each)...")
         t0 = time.perf_counter()
-        runs[name] = (_sparsejit_runs(path, shapes, streams, threads, precision) if name == "sparsejit"
+        runs[name] = (_sparsejit_runs(path, shapes, streams, threads, precision, described) if name == "sparsejit"
                       else _onnxruntime_runs(path, streams, threads))
         log(f"{name}: ready in {time.perf_counter() - t0:.1f} s; warming up {warmup:g} s")
         for run in runs[name]:
@@ -318,7 +323,8 @@ def run_benchmark(model: str | os.PathLike, *, batch_size: int = 1,
 
     report: dict[str, Any] = {
         "model": str(path), "scenario": scenario, "batch_size": batch_size, "num_streams": streams,
-        "num_cores": cores, "threads_per_stream": threads, "precision": precision,
+        "num_cores": cores, "threads_per_stream": threads, "precision": described.get("precision", precision),
+        "precision_requested": precision, "float_products": described.get("float_products"),
         "input_shapes": {n: list(s) for n, s in shapes.items()}, "seconds": seconds, "warmup_seconds": warmup,
         "cpu": host_target().cpu, "kernels": host_target().kernel_family,
         "engines": {n: _stats(latencies[n], walls[n], batch_size) for n in names},
@@ -340,6 +346,9 @@ def format_report(report: dict[str, Any]) -> str:
              f"streams: {report['num_streams']}  cores: {report['num_cores']}  "
              f"input shapes: {report['input_shapes']}",
              f"cpu: {report.get('cpu', '?')}  sparsejit kernels: {report.get('kernels', '?')}"]
+    if report.get("float_products"):
+        lines.append(f"sparsejit precision: {report['precision']} (asked: {report['precision_requested']}); "
+                     f"float products: {report['float_products']}")
     for name, r in report["engines"].items():
         lat = r["latency_ms"]
         lines += [f"[{name}]",

@@ -69,7 +69,7 @@ def main() -> None:
               help="largest accepted request body (413) [default: 1048576]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @click.option("--kwargs", "task_kwargs", default=None, help="task options as JSON, e.g. '{\"top_k\": 2}'")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default=None,
               help="weight precision of a single endpoint's matrix products [default: fp32]")
 def serve(task: str | None, model_path: str | None, config_file: str | None, name: str | None,
           batch_size: int | None, sequence_length: str | None, num_threads: int | None, host: str | None,
@@ -156,7 +156,7 @@ def serve(task: str | None, model_path: str | None, config_file: str | None, nam
 @click.option("-x", "--export-path", "--export_path", "export_path", type=click.Path(dir_okay=False),
               default=None, help="write the results as JSON here")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="no progress bar or log lines")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True,
               help="sparsejit weight precision (onnxruntime runs the file as it is)")
 def benchmark(model: str, batch_size: int, input_shapes: str | None, scenario: str, num_streams: int | None,
               seconds: float, warmup: float, engine: str, num_cores: int | None, export_path: str | None,

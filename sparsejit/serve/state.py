@@ -64,9 +64,13 @@ class EndpointState:
         }
         if self.pipeline is not None:
             engine = self.pipeline.engine
-            info.update(model=str(self.pipeline.files.model), inputs=list(engine.input_names),
+            compiled = engine.describe()
+            model = self.pipeline.files.model
+            info.update(model=str(getattr(model, "directory", model)), inputs=list(engine.input_names),
                         outputs=list(engine.output_names), buckets=[list(b) for b in engine.buckets],
-                        compile_seconds=self.compile_seconds)
+                        compile_seconds=self.compile_seconds,
+                        **{k: compiled[k] for k in ("precision", "precision_requested", "float_products", "cpu",
+                                                    "kernels", "amx")})
         if self.error:
             info["error"] = self.error
         return info
