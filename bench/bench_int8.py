@@ -28,16 +28,7 @@ from test_quantized import quantized_model  # noqa: E402
 
 import sparsejit  # noqa: E402
 from bench.compare import alternate_blocks  # noqa: E402
-
-
-def ort_session(path: Path, threads: int):  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+from bench.peers import ort_session  # noqa: E402
 
 
 def main() -> None:

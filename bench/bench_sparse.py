@@ -27,6 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.peers import ort_session  # noqa: E402
+
 
 def _model_dir() -> Path:
     root = os.environ.get("SPARSEJIT_BENCH_CACHE")
@@ -54,16 +56,6 @@ def _feed(names: list[str], batch: int, seq: int) -> dict[str, np.ndarray]:
               "attention_mask": np.ones((batch, seq), np.int64),
               "token_type_ids": np.zeros((batch, seq), np.int64)}
     return {n: arrays[n] for n in names}
-
-
-def _ort(path: Path, threads: int):  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _kernel_summary(engine) -> str:  # type: ignore[no-untyped-def]
@@ -98,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"preparing BERT-base pruned {args.sparsity:.0%} {s} ...", file=sys.stderr)
         models[f"sparsejit pruned {args.sparsity:.0%} {s}"] = pruned_bert(s, args.sparsity)
 
-    ort_sess = _ort(dense, args.threads)
+    ort_sess = ort_session(dense, args.threads)
     names = [i.name for i in ort_sess.get_inputs()]
     batches = sorted({b for b, _ in configs})
     engines: dict[tuple[str, int], object] = {}

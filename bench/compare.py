@@ -1,18 +1,21 @@
-"""sparsejit vs onnxruntime, end to end, in one process, engines alternating run by run.
+"""sparsejit vs the engines users pick instead, end to end, in one process, engines alternating.
 
-    python -m bench.compare                       # the issue-3 rows, 2 threads (+ batch 1 on 1 thread)
+    python -m bench.compare                       # fp32: sparsejit, onnxruntime, OpenVINO default and f32
+    python -m bench.compare --engines sparsejit-bf16,sparsejit-auto,onnxruntime,openvino
     python -m bench.compare --rows bert-b1 --threads 1 --seconds 10
     python -m bench.compare --compile-time        # cold and warm compile of BERT-base
-    python -m bench.compare --precision bf16      # bf16 weights (reported apart from the fp32 ratios)
 
-onnxruntime runs with ORT_ENABLE_ALL and the same intra_op_num_threads. The engines alternate in
-blocks of about a second (see `measure`). Reports medians (noisy, shared machines) and the throughput
-ratio sparsejit / onnxruntime.
+Same model file and thread count for every engine (setups in `bench.peers`; OpenVINO is a bench
+extra). The engines alternate in blocks of about a second (`alternate_blocks`); reported: medians, each
+sparsejit engine's throughput over the fastest peer's, each engine's max |difference| from onnxruntime
+relative to max |output|, and the precision each actually ran (OpenVINO's default is bf16 on CPUs with
+AMX or AVX512-BF16).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -22,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,39 +84,75 @@ def alternate_blocks(runners: dict[str, Callable[[], object]], seconds: float, b
     return times
 
 
-def measure(row: Row, threads: int, seconds: float, block_seconds: float = 1.0,
-            precision: str = "fp32") -> dict[str, float | str | int]:
-    import onnxruntime as ort
+ENGINES = ("sparsejit", "sparsejit-bf16", "sparsejit-auto", "onnxruntime", "openvino", "openvino-f32")
+DEFAULT_ENGINES = "sparsejit,onnxruntime,openvino,openvino-f32"
 
-    import sparsejit
 
+def _runner(name: str, path: Path, row: Row, threads: int, precision: str) -> tuple[Callable[[dict], list], str]:
+    """(run(feed) -> outputs in graph order, what it runs) of one engine spec."""
+    if name.startswith("sparsejit"):
+        import sparsejit
+
+        chosen = name.split("-", 1)[1] if "-" in name else precision
+        engine = sparsejit.compile(path, batch_size=row.batch, sequence_length=row.seq, num_threads=threads,
+                                   precision=chosen)
+        info = engine.describe()
+        return (lambda feed: [engine.run(feed)[n] for n in engine.output_names],
+                f"{info['precision']} ({info['float_products']})")
+    from bench.peers import openvino_model, openvino_precision, peer_runner
+
+    label = "fp32"
+    if name.startswith("openvino"):
+        label = openvino_precision(openvino_model(path, threads, "f32" if name == "openvino-f32" else None))
+    return peer_runner(name, path, threads), label
+
+
+def measure(row: Row, threads: int, seconds: float, block_seconds: float = 1.0, precision: str = "fp32",
+            engines: tuple[str, ...] = ("sparsejit", "onnxruntime")) -> dict[str, Any]:
+    """Median seconds per run of each engine on the row, alternating; ratios of sparsejit's engines to
+    the fastest other engine; each engine's max |difference| from onnxruntime's outputs."""
     directory = model_dir(row.model)
+    path = directory / "model.onnx"
     feed = full_inputs(directory, row.batch, row.seq)
-    engine = sparsejit.compile(directory / "model.onnx", batch_size=row.batch, sequence_length=row.seq,
-                               num_threads=threads, precision=precision)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(directory / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    runners = {"sparsejit": lambda: engine.run(feed), "onnxruntime": lambda: session.run(None, feed)}
-    ours, ref = engine.run(feed)[engine.output_names[0]], session.run(None, feed)[0]
-    max_err = float(np.abs(ours - ref).max())
-    rel_err = max_err / float(np.abs(ref).max())
-    for fn in runners.values():  # warm-up
-        fn()
-        fn()
-    times = alternate_blocks(runners, seconds, block_seconds)
-    result: dict[str, float | str | int] = {"row": row.name, "threads": threads, "precision": precision,
-                                            "max_abs_err": max_err, "max_err_rel_to_max": rel_err}
+    built = {name: _runner(name, path, row, threads, precision) for name in engines}
+    reference = built["onnxruntime"][0](feed) if "onnxruntime" in built else None
+    result: dict[str, Any] = {"row": row.name, "threads": threads, "engines": {}}
+    for name, (run, label) in built.items():
+        entry: dict[str, Any] = {"runs_as": label}
+        if reference is not None:
+            out = run(feed)[0]
+            entry["max_err_rel_to_max"] = float(np.abs(out - reference[0]).max() / np.abs(reference[0]).max())
+        result["engines"][name] = entry
+    for run, _ in built.values():  # warm-up
+        run(feed)
+        run(feed)
+    times = alternate_blocks({name: functools.partial(run, feed) for name, (run, _) in built.items()},
+                             seconds, block_seconds)
     for name, samples in times.items():
         med = float(np.median(samples))
-        result[f"{name}_median_ms"] = round(med * 1e3, 2)
-        result[f"{name}_p90_ms"] = round(float(np.percentile(samples, 90)) * 1e3, 2)
-        result[f"{name}_items_per_s"] = round(row.batch / med, 1)
-        result[f"{name}_runs"] = len(samples)
-    result["ratio"] = round(result["onnxruntime_median_ms"] / result["sparsejit_median_ms"], 3)
+        p90 = float(np.percentile(samples, 90))
+        result["engines"][name].update(median_ms=round(med * 1e3, 2), p90_ms=round(p90 * 1e3, 2),
+                                       items_per_s=round(row.batch / med, 1), runs=len(samples))
+    peers = [n for n in engines if not n.startswith("sparsejit")]
+    if peers:
+        best = min(peers, key=lambda n: result["engines"][n]["median_ms"])
+        result["fastest_peer"] = best
+        for name in engines:
+            if name.startswith("sparsejit"):
+                result["engines"][name]["vs_fastest_peer"] = round(
+                    result["engines"][best]["median_ms"] / result["engines"][name]["median_ms"], 3)
     return result
+
+
+def format_row(res: dict[str, Any]) -> str:
+    lines = [f"{res['row']}  threads={res['threads']}"]
+    for name, e in res["engines"].items():
+        ratio = (f"  {e['vs_fastest_peer']:.2f}x the fastest peer ({res['fastest_peer']})"
+                 if "vs_fastest_peer" in e else "")
+        err = f"  diff {e['max_err_rel_to_max']:.1e}" if "max_err_rel_to_max" in e else ""
+        lines.append(f"  {name:<15} {e['median_ms']:9.1f} ms (p90 {e['p90_ms']:.1f})  {e['items_per_s']:8.1f} items/s"
+                     f"{ratio}{err}  [{e['runs_as']}]")
+    return "\n".join(lines)
 
 
 _COMPILE_SCRIPT = """
@@ -142,23 +182,29 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--threads", type=int, nargs="*", default=None,
                         help="thread counts (default: 2 for every row, plus 1 for bert-b1)")
-    parser.add_argument("--seconds", type=float, default=15.0, help="time per row (both engines)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="time per row (all engines)")
+    parser.add_argument("--engines", default=DEFAULT_ENGINES,
+                        help=f"comma-separated, alternating in one process; from {', '.join(ENGINES)}")
     parser.add_argument("--compile-time", action="store_true", help="also measure cold/warm compile")
     parser.add_argument("--json", type=Path, help="write results here")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="sparsejit weight precision (onnxruntime always runs the fp32 model)")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                        help="precision of the plain `sparsejit` engine (peers run the file as they do)")
     args = parser.parse_args()
-    results = []
+    engines = tuple(e.strip() for e in args.engines.split(",") if e.strip())
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        parser.error(f"unknown engines {unknown}; choose from {list(ENGINES)}")
+    from sparsejit.kernels.target import host_target
+
+    target = host_target()
+    print(f"CPU {target.cpu} ({target.kernel_family}); engines alternate in ~1 s blocks; medians", flush=True)
+    results: list[dict[str, Any]] = []
     for key in args.rows:
         thread_counts = args.threads or ([2, 1] if key == "bert-b1" else [2])
         for threads in thread_counts:
-            res = measure(ROWS[key], threads, args.seconds, precision=args.precision)
+            res = measure(ROWS[key], threads, args.seconds, precision=args.precision, engines=engines)
             results.append(res)
-            print(f"{res['row']:<22} threads={threads}  sparsejit {res['sparsejit_median_ms']:8.1f} ms "
-                  f"(p90 {res['sparsejit_p90_ms']:.1f}, {res['sparsejit_items_per_s']} items/s)  "
-                  f"onnxruntime {res['onnxruntime_median_ms']:8.1f} ms (p90 {res['onnxruntime_p90_ms']:.1f}, "
-                  f"{res['onnxruntime_items_per_s']} items/s)  ratio {res['ratio']:.2f}x  [{args.precision}: max |err| "
-                  f"{res['max_abs_err']:.2e} = {res['max_err_rel_to_max']:.1e} of max |output|]", flush=True)
+            print(format_row(res), flush=True)
     if args.compile_time:
         ct = compile_times()
         results.append(ct)

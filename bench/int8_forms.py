@@ -76,24 +76,13 @@ def _feed(path: Path, batch: int, seq: int) -> dict[str, np.ndarray]:
 
 
 def _engines(path: Path, batch: int, seq: int, threads: int) -> dict[str, Any]:
-    import onnxruntime as ort
-    import openvino as ov
-
     import sparsejit
+    from bench.peers import peer_runner
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY",
-                                                          "INFERENCE_NUM_THREADS": threads})
     engine = sparsejit.compile(path, batch_size=batch, sequence_length=seq, num_threads=threads)
-    names = [o.name for o in session.get_outputs()]
-    return {
-        "sparsejit": lambda feed: [engine.run(feed)[n] for n in names],
-        "onnxruntime": lambda feed: session.run(None, feed),
-        "openvino": lambda feed: [compiled(feed)[i] for i in range(len(names))],
-    }
+    return {"sparsejit": lambda feed: [engine.run(feed)[n] for n in engine.output_names],
+            "onnxruntime": peer_runner("onnxruntime", path, threads),
+            "openvino": peer_runner("openvino", path, threads)}
 
 
 def _memory(path: Path, threads: int, work: Path) -> dict[str, dict[str, float]]:
