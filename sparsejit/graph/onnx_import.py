@@ -36,6 +36,11 @@ def load_onnx(source: ModelSource) -> Graph:
     return _convert(model, base_dir)
 
 
+def read_model_proto(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    """The ONNX model itself (no external data read), or `ModelLoadError` saying why it is unusable."""
+    return _read_model(source)[0]
+
+
 def _read_model(source: ModelSource) -> tuple[onnx.ModelProto, str]:
     if isinstance(source, onnx.ModelProto):
         return source, os.getcwd()

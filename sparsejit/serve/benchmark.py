@@ -30,6 +30,7 @@ import numpy as np
 
 from sparsejit.checkpoints import export_checkpoint, is_checkpoint_dir
 from sparsejit.errors import SparsejitError
+from sparsejit.graph.onnx_import import read_model_proto
 from sparsejit.kernels.target import host_target
 
 __all__ = ["BenchmarkError", "format_report", "parse_shapes", "run_benchmark"]
@@ -82,9 +83,7 @@ def _model_file(model: str | os.PathLike) -> Path:
 
 def _graph_inputs(path: Path) -> list[tuple[str, int, list[int | None]]]:
     """(name, ONNX elem type, shape with None for symbolic dims) of each real graph input."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = read_model_proto(path)
     inits = {t.name for t in proto.graph.initializer}
     out = []
     for value in proto.graph.input:

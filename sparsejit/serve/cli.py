@@ -71,11 +71,14 @@ def main() -> None:
 @click.option("--kwargs", "task_kwargs", default=None, help="task options as JSON, e.g. '{\"top_k\": 2}'")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default=None,
               help="weight precision of a single endpoint's matrix products [default: fp32]")
+@click.option("--allow-partial", is_flag=True, default=False,
+              help="with several endpoints, keep serving those that load when others fail "
+                   "[default: any failure stops the server with exit code 1]")
 def serve(task: str | None, model_path: str | None, config_file: str | None, name: str | None,
           batch_size: int | None, sequence_length: str | None, num_threads: int | None, host: str | None,
           port: int | None, api_key: str | None, max_wait_ms: float | None, no_batching: bool,
           max_queue: int | None, request_timeout_s: float | None, max_body_bytes: int | None,
-          log_level: str, task_kwargs: str | None, precision: str | None) -> None:
+          log_level: str, task_kwargs: str | None, precision: str | None, allow_partial: bool) -> None:
     """Serve models over HTTP (FastAPI + uvicorn).
 
     One endpoint from --task / --model-path, several from --config-file; with neither, the default
@@ -94,6 +97,7 @@ def serve(task: str | None, model_path: str | None, config_file: str | None, nam
         "host": host, "port": port, "api_key": api_key, "num_threads": num_threads,
         "max_wait_ms": max_wait_ms, "max_queue": max_queue, "request_timeout_s": request_timeout_s,
         "max_body_bytes": max_body_bytes, "dynamic_batching": False if no_batching else None,
+        "allow_partial": True if allow_partial else None,
     }
     try:
         if config_file:
@@ -127,8 +131,13 @@ def serve(task: str | None, model_path: str | None, config_file: str | None, nam
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     click.echo(f"sparsejit: serving {', '.join(e.name for e in config.with_default_endpoint().endpoints)} "
                f"on http://{config.host}:{config.port} (docs at /docs)", err=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level,
-                timeout_graceful_shutdown=int(config.graceful_timeout_s) or None)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level,
+                                           timeout_graceful_shutdown=int(config.graceful_timeout_s) or None))
+    state = app.state.sparsejit
+    state.on_fatal = lambda reason: setattr(server, "should_exit", True)
+    server.run()
+    if state.fatal:
+        raise click.ClickException(state.fatal)
 
 
 # -------------------------------------------------------------------------------------------- benchmark

@@ -81,6 +81,8 @@ class ServerConfig(BaseModel):
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 past it)")
     max_body_bytes: int = Field(1 << 20, ge=1, description="larger request bodies get 413")
     graceful_timeout_s: float = Field(30.0, ge=0, description="shutdown waits this long for in-flight work")
+    allow_partial: bool = Field(False, description="keep serving the endpoints that loaded when others fail "
+                                                   "(default: a failed endpoint stops the server)")
     endpoints: list[EndpointConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

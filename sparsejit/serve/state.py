@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sparsejit.errors import SparsejitError
 from sparsejit.serve.batching import DynamicBatcher, PipelineRunner
 from sparsejit.serve.config import EndpointConfig, ServerConfig
 from sparsejit.serve.metrics import Metrics
@@ -84,6 +85,8 @@ class ServerState:
     pipeline_factory: PipelineFactory = build_pipeline
     metrics: Metrics = field(default_factory=Metrics)
     endpoints: dict[str, EndpointState] = field(default_factory=dict)
+    on_fatal: Callable[[str], None] | None = None  # called (once) when loading failed beyond what is allowed
+    fatal: str | None = None  # why the server must stop: one line naming the endpoint(s) and the reason
     _startup: asyncio.Task | None = None
 
     def __post_init__(self) -> None:
@@ -96,8 +99,12 @@ class ServerState:
 
     @property
     def ready(self) -> bool:
-        """True once every endpoint is compiled."""
-        return bool(self.endpoints) and all(e.ready for e in self.endpoints.values())
+        """True once every endpoint is compiled (with allow_partial: once each is compiled or failed and
+        at least one is ready)."""
+        endpoints = self.endpoints.values()
+        if self.config.allow_partial:
+            return any(e.ready for e in endpoints) and all(e.status in ("ready", "failed") for e in endpoints)
+        return bool(self.endpoints) and all(e.ready for e in endpoints)
 
     def start(self) -> None:
         """Compile every endpoint in a worker thread (one after the other), without blocking startup."""
@@ -111,6 +118,10 @@ class ServerState:
             start = time.perf_counter()
             try:
                 pipeline = await asyncio.to_thread(self.pipeline_factory, endpoint.config, self.config)
+            except SparsejitError as exc:  # a typed, explained failure: its message is the whole story
+                endpoint.status, endpoint.error = "failed", f"{type(exc).__name__}: {exc}"
+                logger.error("endpoint %r failed to load: %s", endpoint.name, endpoint.error)
+                continue
             except Exception as exc:
                 endpoint.status, endpoint.error = "failed", f"{type(exc).__name__}: {exc}"
                 logger.exception("endpoint %r failed to load", endpoint.name)
@@ -127,6 +138,14 @@ class ServerState:
             endpoint.status = "ready"
             self.metrics.set("endpoint_ready", 1, endpoint=endpoint.name)
             logger.info("endpoint %r ready in %.1f s: %r", endpoint.name, endpoint.compile_seconds, pipeline)
+        failed = [e for e in self.endpoints.values() if e.status == "failed"]
+        if failed and (not self.config.allow_partial or len(failed) == len(self.endpoints)):
+            self.fatal = "; ".join(f"endpoint {e.name!r} failed to load: {e.error}" for e in failed)
+            if len(failed) < len(self.endpoints):
+                self.fatal += " (--allow-partial serves the others)"
+            logger.error("sparsejit: %s", self.fatal)
+            if self.on_fatal is not None:
+                self.on_fatal(self.fatal)
 
     async def stop(self) -> None:
         """Graceful shutdown: stop compiling, let queued and running requests finish, stop workers."""

@@ -24,7 +24,8 @@ from pydantic import BaseModel
 from tokenizers import Encoding, Tokenizer
 
 from sparsejit.checkpoints import CheckpointSource, is_checkpoint_dir
-from sparsejit.errors import InvalidInputError, ModelLoadError
+from sparsejit.errors import InvalidInputError, ModelLoadError, SequenceTooLongError
+from sparsejit.graph.onnx_import import read_model_proto
 
 __all__ = [
     "Encoded",
@@ -169,6 +170,7 @@ class Pipeline:
         self.files = resolve_model_files(model_path, self.checkpoint_head)
         self.config = load_config(self.files.directory)
         self.tokenizer = load_tokenizer(self.files.tokenizer_path)
+        self._tokenizer_variants: dict[str, Tokenizer] = {}  # left-truncating / untruncated copies
         self.pad_token_id = _pad_token_id(self.tokenizer, self.config, self.files.tokenizer_path)
         lengths = [sequence_length] if isinstance(sequence_length, int) else list(sequence_length)
         if not lengths or any(int(s) < 2 for s in lengths):
@@ -222,10 +224,7 @@ class Pipeline:
 
         if isinstance(model, CheckpointSource):  # built graphs read input_ids (+ attention_mask, token types)
             return {"input_ids": self.pad_token_id}
-        if isinstance(model, onnx.ModelProto):
-            proto = model
-        else:
-            proto = onnx.load(str(model), load_external_data=False)
+        proto = model if isinstance(model, onnx.ModelProto) else read_model_proto(model)
         inits = {t.name for t in proto.graph.initializer}
         names = [i.name for i in proto.graph.input if i.name not in inits]
         return {"input_ids": self.pad_token_id} if "input_ids" in names else None
@@ -312,6 +311,46 @@ class Pipeline:
                add_special_tokens: bool = True) -> list[Encoding]:
         """Batched tokenisation with the pipeline's truncation (texts or (text, text_pair) tuples)."""
         return self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+
+    def encode_texts(self, texts: Sequence[str], truncate: bool = True,
+                     direction: str = "right") -> list[Encoding]:
+        """Tokenise texts; one longer than the largest sequence length is cut at `direction` when
+        `truncate`, else raises `SequenceTooLongError` with its token count and the limit."""
+        encodings = self._tokenizer_for(truncate, direction).encode_batch(list(texts))
+        if not truncate:
+            for i, encoding in enumerate(encodings):
+                if len(encoding.ids) > self.max_length:
+                    raise SequenceTooLongError(self._too_long(i, len(encoding.ids)))
+        return encodings
+
+    def fit_length(self, ids: np.ndarray, index: int, truncate: bool = True, direction: str = "right") -> np.ndarray:
+        """Token ids given by the caller, cut (or refused) as `encode_texts` does with text."""
+        if len(ids) <= self.max_length:
+            return ids
+        if not truncate:
+            raise SequenceTooLongError(self._too_long(index, len(ids)))
+        return ids[-self.max_length:] if direction == "left" else ids[:self.max_length]
+
+    def _too_long(self, index: int, tokens: int) -> str:
+        limit = f"{self.max_length} tokens (the largest compiled sequence length"
+        if self.model_max_length:
+            limit += f"; the model's own limit is {self.model_max_length} positions"
+        return f"input {index} has {tokens} tokens, more than {limit}): shorten it or allow truncation"
+
+    def _tokenizer_for(self, truncate: bool, direction: str) -> Tokenizer:
+        if truncate and direction == "right":
+            return self.tokenizer
+        key = "left" if truncate else "none"
+        variant = self._tokenizer_variants.get(key)
+        if variant is None:
+            variant = Tokenizer.from_str(self.tokenizer.to_str())
+            variant.no_padding()
+            if truncate:
+                variant.enable_truncation(max_length=self.max_length, strategy="longest_first", direction="left")
+            else:
+                variant.no_truncation()
+            self._tokenizer_variants[key] = variant
+        return variant
 
     def rows_from_encoding(self, encoding: Encoding) -> dict[str, np.ndarray]:
         """Engine row (1-D int64 arrays) from a tokenizer encoding."""

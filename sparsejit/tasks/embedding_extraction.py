@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field, RootModel
 
 from sparsejit.checkpoints import CheckpointSource, build_checkpoint
 from sparsejit.errors import InvalidInputError, ModelLoadError
+from sparsejit.graph.onnx_import import read_model_proto
 from sparsejit.tasks.base import Encoded, ModelFiles, Pipeline
 from sparsejit.tasks.sentence_transformers_config import read_sentence_embedding_config
 
@@ -52,9 +53,14 @@ _LAYER_PATTERNS = (
 class EmbeddingExtractionInput(BaseModel):
     """Request: text(s) plus per-call options."""
 
-    inputs: str | list[str] = Field(description="a text or a list of texts")
+    inputs: str | list[str] | list[int] | list[list[int]] = Field(
+        description="a text, a list of texts, or token ids (one list, or a list of lists) used as given")
     extraction_strategy: Strategy | None = None
-    normalize: bool | None = Field(None, description="L2-normalise each vector")
+    normalize: bool | None = Field(None, description="L2-normalise each vector (after `dimensions`)")
+    truncate: bool | None = Field(None, description="cut inputs longer than the largest sequence length "
+                                                    "(default); false: such an input is an error")
+    truncation_direction: Literal["left", "right"] | None = Field(None, description="which end is cut")
+    dimensions: int | None = Field(None, ge=1, description="keep the first N dimensions (Matryoshka)")
 
 
 class EmbeddingExtractionOutput(RootModel[list[float] | list[list[float]] | list[list[list[float]]]]):
@@ -68,6 +74,11 @@ def _default_model() -> ModelFiles:
     from sparsejit.model_wheels import minilm_dir, minilm_int8_onnx
 
     return ModelFiles(minilm_int8_onnx(), minilm_dir())
+
+
+def _is_token_ids(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and bool(value)
+            and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in value))
 
 
 # ------------------------------------------------------------------------------------------ graph cut
@@ -168,7 +179,10 @@ class EmbeddingExtractionPipeline(Pipeline):
         if isinstance(files.model, CheckpointSource):
             model = build_checkpoint(files.model).to_onnx()
         else:
-            model = files.model if isinstance(files.model, onnx.ModelProto) else onnx.load(str(Path(files.model)))
+            model = files.model
+            if not isinstance(model, onnx.ModelProto):
+                read_model_proto(model)  # a corrupt file fails here with ModelLoadError
+                model = onnx.load(str(Path(model)))  # with its external data: the cut copies the weights
         names = [o.name for o in model.graph.output]
         if layer == -1 and names and names[0] == "last_hidden_state":
             if len(names) == 1:
@@ -176,9 +190,21 @@ class EmbeddingExtractionPipeline(Pipeline):
         n_layers = self.config.get("num_hidden_layers") or self.config.get("n_layers")
         return cut_at_layer(model, layer, n_layers, self.config.get("hidden_size") or self.config.get("dim"))
 
-    def _sanitize_parameters(self, extraction_strategy: str | None = None,
-                             normalize: bool | None = None) -> tuple[dict, dict, dict]:
+    def _sanitize_parameters(self, extraction_strategy: str | None = None, normalize: bool | None = None,
+                             truncate: bool | None = None, truncation_direction: str | None = None,
+                             dimensions: int | None = None) -> tuple[dict, dict, dict]:
+        pre: dict[str, Any] = {}
         post: dict[str, Any] = {}
+        if truncate is not None:
+            pre["truncate"] = bool(truncate)
+        if truncation_direction is not None:
+            if truncation_direction not in ("left", "right"):
+                raise InvalidInputError(f"truncation_direction must be left or right, got {truncation_direction!r}")
+            pre["truncation_direction"] = truncation_direction
+        if dimensions is not None:
+            if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
+                raise InvalidInputError(f"dimensions must be a positive int, got {dimensions!r}")
+            post["dimensions"] = dimensions
         if extraction_strategy is not None:
             if extraction_strategy not in EXTRACTION_STRATEGIES:
                 raise InvalidInputError(f"extraction_strategy must be one of {EXTRACTION_STRATEGIES}, "
@@ -186,7 +212,7 @@ class EmbeddingExtractionPipeline(Pipeline):
             post["extraction_strategy"] = extraction_strategy
         if normalize is not None:
             post["normalize"] = bool(normalize)
-        return {}, {}, post
+        return pre, {}, post
 
     def _parse_inputs(self, inputs: Any, kwargs: dict[str, Any]) -> tuple[list[Any], bool, dict[str, Any]]:
         if "inputs" in kwargs:
@@ -197,7 +223,12 @@ class EmbeddingExtractionPipeline(Pipeline):
             return [inputs], True, kwargs
         if isinstance(inputs, (list, tuple)) and all(isinstance(t, str) for t in inputs):
             return list(inputs), False, kwargs
-        raise InvalidInputError("embedding extraction takes a string or a list of strings")
+        if _is_token_ids(inputs):
+            return [list(inputs)], True, kwargs
+        if isinstance(inputs, (list, tuple)) and all(_is_token_ids(t) for t in inputs):
+            return [list(t) for t in inputs], False, kwargs
+        raise InvalidInputError("embedding extraction takes a string, a list of strings, a list of token ids "
+                                "or a list of such lists")
 
     def __call__(self, inputs: Any = None, /, **kwargs: Any) -> Any:
         results = super().__call__(inputs, **kwargs)
@@ -205,11 +236,36 @@ class EmbeddingExtractionPipeline(Pipeline):
             return np.stack(results)  # pooled vectors of several texts: one [n, hidden] array
         return results
 
-    def preprocess(self, items: list[str], **kwargs: Any) -> list[Encoded]:
-        return [Encoded([self.rows_from_encoding(e)]) for e in self.encode(items)]
+    def preprocess(self, items: list[Any], truncate: bool = True, truncation_direction: str = "right",
+                   **kwargs: Any) -> list[Encoded]:
+        """Texts are tokenised, token-id lists used as given; an input longer than the largest sequence
+        length is cut at `truncation_direction` when `truncate`, else an `InputTooLongError`."""
+        return [Encoded([row]) for row in self.token_rows(items, truncate, truncation_direction)]
+
+    def token_rows(self, items: list[Any], truncate: bool = True,
+                   truncation_direction: str = "right") -> list[dict[str, np.ndarray]]:
+        """The engine row of each item (its token count is ``len(row["input_ids"])``)."""
+        texts = [i for i, item in enumerate(items) if isinstance(item, str)]
+        rows: list[dict[str, np.ndarray]] = [{} for _ in items]
+        if texts:
+            encodings = self.encode_texts([items[i] for i in texts], truncate, truncation_direction)
+            for i, encoding in zip(texts, encodings, strict=True):
+                rows[i] = self.rows_from_encoding(encoding)
+        vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                continue
+            bad = next((t for t in item if not 0 <= t < vocab), None)  # Python ints: no overflow on huge ones
+            if bad is not None:
+                raise InvalidInputError(f"input {i}: token id {bad} is outside the vocabulary (ids 0..{vocab - 1})")
+            ids = np.asarray(item, dtype=np.int64)
+            ids = self.fit_length(ids, i, truncate, truncation_direction)
+            rows[i] = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        return rows
 
     def postprocess(self, encoded: Encoded, outputs: list[dict[str, np.ndarray]],
-                    extraction_strategy: str = "reduce_mean", normalize: bool = False) -> np.ndarray:
+                    extraction_strategy: str = "reduce_mean", normalize: bool = False,
+                    dimensions: int | None = None) -> np.ndarray:
         mask = encoded.rows[0]["attention_mask"].astype(bool)
         hidden = np.asarray(outputs[0][self.output_name], dtype=np.float32)
         if hidden.ndim != 2:
@@ -224,6 +280,10 @@ class EmbeddingExtractionPipeline(Pipeline):
             result = hidden[mask].max(axis=0)
         else:  # cls_token
             result = hidden[0]
+        if dimensions is not None:
+            if dimensions > result.shape[-1]:
+                raise InvalidInputError(f"dimensions={dimensions} exceeds the model's {result.shape[-1]}")
+            result = result[..., :dimensions]
         if normalize:
             norm = np.linalg.norm(result, axis=-1, keepdims=True)
             result = result / np.maximum(norm, 1e-12)
