@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 import sparsejit
 from sparsejit.serve.config import ServerConfig
 from sparsejit.serve.middleware import BodySizeLimit, InferenceMetrics
-from sparsejit.serve.routers import health, inference, metrics, models, openai_compat
+from sparsejit.serve.routers import health, inference, metrics, models, openai_compat, tei
 from sparsejit.serve.state import PipelineFactory, ServerState, build_pipeline
 
 __all__ = ["create_app"]
@@ -88,6 +88,7 @@ def create_app(config: ServerConfig, pipeline_factory: PipelineFactory | None = 
     app.include_router(metrics.router)
     app.include_router(inference.inference_router(state))
     app.include_router(openai_compat.router)
+    app.include_router(tei.router)
     _add_docs(app)
 
     @app.exception_handler(Exception)

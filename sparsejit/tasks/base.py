@@ -312,7 +312,20 @@ class Pipeline:
         """Batched tokenisation with the pipeline's truncation (texts or (text, text_pair) tuples)."""
         return self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
 
-    def encode_texts(self, texts: Sequence[str], truncate: bool = True,
+    @staticmethod
+    def truncation_options(truncate: bool | None, truncation_direction: str | None) -> dict[str, Any]:
+        """The preprocess options of a call's `truncate` / `truncation_direction` (only those given)."""
+        pre: dict[str, Any] = {}
+        if truncate is not None:
+            pre["truncate"] = bool(truncate)
+        if truncation_direction is not None:
+            direction = str(truncation_direction).lower()
+            if direction not in ("left", "right"):
+                raise InvalidInputError(f"truncation_direction must be left or right, got {truncation_direction!r}")
+            pre["truncation_direction"] = direction
+        return pre
+
+    def encode_texts(self, texts: Sequence[str | tuple[str, str]], truncate: bool = True,
                      direction: str = "right") -> list[Encoding]:
         """Tokenise texts; one longer than the largest sequence length is cut at `direction` when
         `truncate`, else raises `SequenceTooLongError` with its token count and the limit."""

@@ -193,14 +193,8 @@ class EmbeddingExtractionPipeline(Pipeline):
     def _sanitize_parameters(self, extraction_strategy: str | None = None, normalize: bool | None = None,
                              truncate: bool | None = None, truncation_direction: str | None = None,
                              dimensions: int | None = None) -> tuple[dict, dict, dict]:
-        pre: dict[str, Any] = {}
+        pre = self.truncation_options(truncate, truncation_direction)
         post: dict[str, Any] = {}
-        if truncate is not None:
-            pre["truncate"] = bool(truncate)
-        if truncation_direction is not None:
-            if truncation_direction not in ("left", "right"):
-                raise InvalidInputError(f"truncation_direction must be left or right, got {truncation_direction!r}")
-            pre["truncation_direction"] = truncation_direction
         if dimensions is not None:
             if not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1:
                 raise InvalidInputError(f"dimensions must be a positive int, got {dimensions!r}")
@@ -229,6 +223,15 @@ class EmbeddingExtractionPipeline(Pipeline):
             return [list(t) for t in inputs], False, kwargs
         raise InvalidInputError("embedding extraction takes a string, a list of strings, a list of token ids "
                                 "or a list of such lists")
+
+    @property
+    def default_strategy(self) -> str:
+        """The pooling used when a call does not choose one (from modules.json when present)."""
+        return str(self._params[2].get("extraction_strategy", "reduce_mean"))
+
+    @property
+    def default_normalize(self) -> bool:
+        return bool(self._params[2].get("normalize", False))
 
     def __call__(self, inputs: Any = None, /, **kwargs: Any) -> Any:
         results = super().__call__(inputs, **kwargs)

@@ -36,6 +36,9 @@ class TextClassificationInput(BaseModel):
     top_k: int | None = Field(1, description="labels per input, sorted by score; null returns all labels")
     function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
         None, description="score function; default from config.json problem_type / number of labels")
+    truncate: bool | None = Field(None, description="cut inputs longer than the largest sequence length "
+                                                    "(default); false: such an input is an error")
+    truncation_direction: Literal["left", "right"] | None = Field(None, description="which end is cut")
 
 
 class LabelScore(BaseModel):
@@ -74,8 +77,10 @@ class TextClassificationPipeline(Pipeline):
     input_schema = TextClassificationInput
     output_schema = TextClassificationOutput
 
-    def _sanitize_parameters(self, top_k: int | None = _UNSET,
-                             function_to_apply: str | None = None) -> tuple[dict, dict, dict]:
+    def _sanitize_parameters(self, top_k: int | None = _UNSET, function_to_apply: str | None = None,
+                             truncate: bool | None = None,
+                             truncation_direction: str | None = None) -> tuple[dict, dict, dict]:
+        pre = self.truncation_options(truncate, truncation_direction)
         post: dict[str, Any] = {}
         if top_k is not _UNSET:
             if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
@@ -90,7 +95,7 @@ class TextClassificationPipeline(Pipeline):
                 raise InvalidInputError(f"function_to_apply must be one of {FUNCTIONS}, "
                                         f"got {function_to_apply!r}")
             post["function_to_apply"] = name
-        return {}, {}, post
+        return pre, {}, post
 
     def _parse_inputs(self, inputs: Any, kwargs: dict[str, Any]) -> tuple[list[Any], bool, dict[str, Any]]:
         if "inputs" in kwargs:
@@ -121,8 +126,10 @@ class TextClassificationPipeline(Pipeline):
             return results  # transformers returns [ {label, score} ] for a single text without top_k
         return results[0] if single else results
 
-    def preprocess(self, items: list[str | tuple[str, str]], **kwargs: Any) -> list[Encoded]:
-        return [Encoded([self.rows_from_encoding(e)]) for e in self.encode(items)]
+    def preprocess(self, items: list[str | tuple[str, str]], truncate: bool = True,
+                   truncation_direction: str = "right", **kwargs: Any) -> list[Encoded]:
+        encodings = self.encode_texts(items, truncate, truncation_direction)
+        return [Encoded([self.rows_from_encoding(e)]) for e in encodings]
 
     def _default_function(self) -> str:
         problem = self.config.get("problem_type")
