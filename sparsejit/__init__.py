@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from sparsejit.errors import (
     BatchTooLargeError,
+    CheckpointError,
+    CPUFeatureError,
     ExternalDataError,
     InvalidInputError,
+    ModelIntegrityError,
     ModelLoadError,
     SequenceTooLongError,
     ShapeError,
@@ -52,10 +55,13 @@ from sparsejit.plan.engine import Engine, compile  # noqa: E402  (needs __versio
 
 __all__ = [
     "BatchTooLargeError",
+    "CheckpointError",
+    "CPUFeatureError",
     "Engine",
     "compile",
     "ExternalDataError",
     "InvalidInputError",
+    "ModelIntegrityError",
     "ModelLoadError",
     "SequenceTooLongError",
     "ShapeError",

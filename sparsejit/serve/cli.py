@@ -30,6 +30,19 @@ def _lengths(value: str | None) -> int | list[int] | None:
     return numbers[0] if len(numbers) == 1 else numbers
 
 
+def _options_error(exc: ValueError) -> str:
+    """One line per invalid option of a pydantic ValidationError (no pydantic URLs or type tags)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc)
+    lines = []
+    for err in errors():
+        where = ".".join(str(part) for part in err.get("loc", ())) or "options"
+        message = str(err.get("msg", "")).removeprefix("Value error, ")
+        lines.append(f"invalid {where}: {message} (got {err.get('input')!r})")
+    return "\n".join(lines) or str(exc)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sparsejit", prog_name="sparsejit")
 def main() -> None:
@@ -126,7 +139,7 @@ def serve(task: str | None, model_path: str | None, config_file: str | None, nam
     except SparsejitError as exc:
         raise click.ClickException(str(exc)) from None
     except ValueError as exc:  # pydantic validation of the options
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(_options_error(exc)) from None
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     click.echo(f"sparsejit: serving {', '.join(e.name for e in config.with_default_endpoint().endpoints)} "
@@ -197,6 +210,10 @@ main.add_command(sparsify_command)
 from sparsejit.export_cli import export_command  # noqa: E402
 
 main.add_command(export_command)
+
+from sparsejit.models_cli import models_command  # noqa: E402
+
+main.add_command(models_command)
 
 
 if __name__ == "__main__":  # pragma: no cover
