@@ -52,3 +52,15 @@ def test_graph_passes_do_not_import_each_other() -> None:
                  or imported.startswith("sparsejit.graph.fusion")]
     assert not offenders, offenders
     assert not (PKG / "graph" / "fusion.py").exists()
+
+
+def test_server_uses_only_the_pipelines_public_contract() -> None:
+    """The server runs pipelines through `parse` / `run_items` / `format` (what `__call__` runs), never a
+    private hook of `tasks/`, so no task can behave differently when served."""
+    private = {node.name for path in (PKG / "tasks").rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.FunctionDef) and node.name.startswith("_") and not node.name.startswith("__")}
+    private |= {"_params"}
+    offenders = [f"{path.relative_to(PKG)} uses .{node.attr}" for path in sorted((PKG / "serve").rglob("*.py"))
+                 for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Attribute) and node.attr in private]
+    assert not offenders, offenders

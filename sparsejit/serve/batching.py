@@ -61,11 +61,8 @@ class PipelineRunner:
         self.pipeline = pipeline
 
     def parse(self, request: BaseModel) -> tuple[list[Any], bool, dict[str, Any]]:
-        """Split a request into (items, single, options) the way ``Pipeline.__call__`` does."""
-        kwargs = request.model_dump(exclude_unset=True)
-        items, single, options = self.pipeline._parse_inputs(None, kwargs)
-        self.pipeline._call_params(options)  # unknown or invalid options fail here, before queueing
-        return list(items), single, options
+        """Split a request into (items, single, options): ``Pipeline.parse``, as ``Pipeline.__call__``."""
+        return self.pipeline.parse(request)
 
     def run_group(self, jobs: Sequence[Job]) -> list[BaseModel]:
         """Answers for ``jobs`` (all with the same options), computed in one pipeline call."""
@@ -74,17 +71,12 @@ class PipelineRunner:
         pipe = self.pipeline
         if any(not job.items for job in jobs):
             return [pipe.run(job.request) for job in jobs]
-        pre, fwd, post = pipe._call_params(jobs[0].options)
-        items = [item for job in jobs for item in job.items]
-        encoded = pipe.preprocess(items, **pre)
-        outputs = pipe.forward(encoded, **fwd)
-        results = [pipe.postprocess(enc, out, **post) for enc, out in zip(encoded, outputs, strict=True)]
+        results = pipe.run_items([item for job in jobs for item in job.items], jobs[0].options)
         answers, start = [], 0
         for job in jobs:
             mine = results[start:start + len(job.items)]
             start += len(job.items)
-            formatted = to_jsonable(pipe._format_results(mine, job.single))
-            answers.append(pipe.output_schema.model_validate(formatted))
+            answers.append(pipe.output_schema.model_validate(to_jsonable(pipe.format(mine, job.single))))
         return answers
 
 

@@ -273,16 +273,34 @@ class Pipeline:
         An instance of ``input_schema`` is accepted too. Keyword options override the pipeline's for
         this call only.
         """
+        items, single, options = self.parse(inputs, **kwargs)
+        if not items:
+            return []
+        return self.format(self.run_items(items, options), single)
+
+    # ---- the contract every caller uses (this __call__, the server's batcher, batch runners) ----------
+    def parse(self, inputs: Any = None, /, **kwargs: Any) -> tuple[list[Any], bool, dict[str, Any]]:
+        """A call's arguments (or an ``input_schema`` instance) as (items, single, options); the options
+        are validated here, so a bad one fails before any work is queued."""
         if isinstance(inputs, BaseModel):
             kwargs = {**inputs.model_dump(exclude_unset=True), **kwargs}
             inputs = None
         items, single, options = self._parse_inputs(inputs, dict(kwargs))
-        pre, fwd, post = self._call_params(options)
+        self._call_params(options)
+        return list(items), single, options
+
+    def run_items(self, items: list[Any], options: Mapping[str, Any]) -> list[Any]:
+        """One result per item (preprocess -> forward -> postprocess); items of several calls with equal
+        options may be run together and their results split back in order."""
         if not items:
             return []
+        pre, fwd, post = self._call_params(options)
         encoded = self.preprocess(items, **pre)
         outputs = self.forward(encoded, **fwd)
-        results = [self.postprocess(enc, out, **post) for enc, out in zip(encoded, outputs, strict=True)]
+        return [self.postprocess(enc, out, **post) for enc, out in zip(encoded, outputs, strict=True)]
+
+    def format(self, results: list[Any], single: bool) -> Any:
+        """The value a call returns for its `results` (one of them when the call gave one input)."""
         return self._format_results(results, single)
 
     def run(self, request: BaseModel | Mapping[str, Any]) -> BaseModel:

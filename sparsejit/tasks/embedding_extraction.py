@@ -233,11 +233,11 @@ class EmbeddingExtractionPipeline(Pipeline):
     def default_normalize(self) -> bool:
         return bool(self._params[2].get("normalize", False))
 
-    def __call__(self, inputs: Any = None, /, **kwargs: Any) -> Any:
-        results = super().__call__(inputs, **kwargs)
-        if isinstance(results, list) and results and results[0].ndim == 1:
-            return np.stack(results)  # pooled vectors of several texts: one [n, hidden] array
-        return results
+    def format(self, results: list[Any], single: bool) -> Any:
+        formatted = super().format(results, single)
+        if isinstance(formatted, list) and formatted and formatted[0].ndim == 1:
+            return np.stack(formatted)  # pooled vectors of several texts: one [n, hidden] array
+        return formatted
 
     def preprocess(self, items: list[Any], truncate: bool = True, truncation_direction: str = "right",
                    **kwargs: Any) -> list[Encoded]:
