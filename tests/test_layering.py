@@ -13,7 +13,8 @@ FORBIDDEN = {
     "graph": ("sparsejit.kernels", "sparsejit.plan", "sparsejit.tasks", "sparsejit.serve"),
     "kernels": ("sparsejit.graph", "sparsejit.plan", "sparsejit.tasks", "sparsejit.serve"),
     "plan": ("sparsejit.tasks", "sparsejit.serve"),
-    "tasks": ("sparsejit.serve",),
+    "tasks": ("sparsejit.serve", "sparsejit.batch"),
+    "batch": ("sparsejit.serve",),
 }
 
 

@@ -215,6 +215,10 @@ from sparsejit.models_cli import models_command  # noqa: E402
 
 main.add_command(models_command)
 
+from sparsejit.batch.cli import run_command  # noqa: E402
+
+main.add_command(run_command)
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

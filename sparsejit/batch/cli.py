@@ -1,0 +1,64 @@
+"""``sparsejit run``: offline inference over a file. Cheap to import."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("run")
+@click.option("--task", required=True, help="text-classification, ner, qa, embeddings, ... (as `serve`)")
+@click.option("--model-path", default=None, help="model or checkpoint directory [default: the task's model]")
+@click.option("--input", "input_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help=".jsonl, .csv or .parquet")
+@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False), help=".parquet or .jsonl")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--text-pair-column", default=None, help="second text of a pair (text classification)")
+@click.option("--question-column", default="question", show_default=True)
+@click.option("--context-column", default="context", show_default=True)
+@click.option("--id-column", default="id", show_default=True, help="carried to the output when present")
+@click.option("-b", "--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("-s", "--sequence-length", default=None, help="bucket(s), e.g. 64,128 [default: from the data]")
+@click.option("--chunk-rows", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="rows per chunk: the unit of sorting by length, of writing, and of resuming")
+@click.option("--num-threads", default=None, type=click.IntRange(min=1))
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True)
+@click.option("--restart", is_flag=True, help="discard an unfinished earlier run instead of resuming it")
+@click.option("--kwargs", "task_kwargs", default=None, help="task options as JSON, e.g. '{\"top_k\": null}'")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+def run_command(task: str, model_path: str | None, input_path: str, output_path: str, text_column: str,
+                text_pair_column: str | None, question_column: str, context_column: str, id_column: str,
+                batch_size: int, sequence_length: str | None, chunk_rows: int, num_threads: int | None,
+                precision: str, restart: bool, task_kwargs: str | None, quiet: bool) -> None:
+    """Run TASK over every row of --input into --output, resuming an interrupted run.
+
+    Rows that cannot be run go to OUTPUT.errors.jsonl with their row, id and reason.
+    """
+    from sparsejit.batch import Columns, run
+    from sparsejit.errors import SparsejitError
+
+    lengths = None
+    if sequence_length:
+        try:
+            lengths = [int(p) for p in sequence_length.strip("[]").split(",") if p.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected ints, got {sequence_length!r}") from None
+    try:
+        options = json.loads(task_kwargs) if task_kwargs else {}
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"--kwargs is not JSON: {exc}") from None
+    columns = Columns(text=text_column, text_pair=text_pair_column, question=question_column,
+                      context=context_column, id=id_column)
+    try:
+        summary = run(task, input_path, output_path, model_path=model_path, columns=columns,
+                      sequence_length=lengths, batch_size=batch_size, chunk_rows=chunk_rows,
+                      num_threads=num_threads, precision=precision, restart=restart, progress=not quiet,
+                      task_options=options)
+    except SparsejitError as exc:
+        raise click.ClickException(str(exc)) from None
+    resumed = f", {summary.resumed_chunks} chunk(s) resumed" if summary.resumed_chunks else ""
+    errors = f"; {summary.errors} bad row(s) in {summary.errors_file}" if summary.errors else ""
+    click.echo(f"sparsejit run: {summary.written} of {summary.rows} rows -> {summary.output} in "
+               f"{summary.seconds:.1f} s ({summary.items_per_second:.1f} rows/s, buckets "
+               f"{summary.sequence_lengths}{resumed}){errors}")

@@ -1,0 +1,104 @@
+"""Per task: which input columns make an item, how a row is checked, and the typed output columns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sparsejit.errors import InvalidInputError
+
+EMBEDDINGS, CLASSIFICATION, NER, QA = ("transformers_embedding_extraction", "text_classification",
+                                       "token_classification", "question_answering")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Input column names: text (text pair for classification; question and context for QA) and id."""
+
+    text: str = "text"
+    text_pair: str | None = None
+    question: str = "question"
+    context: str = "context"
+    id: str = "id"
+
+
+def _text(record: Mapping[str, Any], column: str) -> str | None:
+    value = record.get(column)
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def check(task: str, record: Mapping[str, Any], columns: Columns) -> str | None:
+    """Why `record` cannot be run (missing / empty / non-text column), or None."""
+    needed = [columns.question, columns.context] if task == QA else [columns.text]
+    if task == CLASSIFICATION and columns.text_pair:
+        needed.append(columns.text_pair)
+    for name in needed:
+        if name not in record:
+            return f"no column {name!r}"
+        if not isinstance(record[name], str):
+            return f"column {name!r} is {type(record[name]).__name__}, not text"
+        if not record[name].strip():
+            return f"column {name!r} is empty"
+    return None
+
+
+def item(task: str, record: Mapping[str, Any], columns: Columns) -> Any:
+    """What the pipeline is called with for one (checked) record."""
+    if task == QA:
+        return {"question": record[columns.question], "context": record[columns.context]}
+    if task == CLASSIFICATION and columns.text_pair:
+        return {"text": record[columns.text], "text_pair": record[columns.text_pair]}
+    return record[columns.text]
+
+
+def call_arguments(task: str, items: list[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """`pipeline.parse(*args, **kwargs)` arguments for a list of items."""
+    if task == QA:
+        return (), {"question": [i["question"] for i in items], "context": [i["context"] for i in items]}
+    return (items,), {}
+
+
+def result_columns(task: str, result: Any) -> dict[str, Any]:
+    """The output columns of one item's pipeline result."""
+    if task == EMBEDDINGS:
+        return {"embedding": np.asarray(result, dtype=np.float32).tolist()}
+    if task == CLASSIFICATION:
+        best = result[0] if isinstance(result, list) else result
+        return {"label": str(best["label"]), "score": float(best["score"])}
+    if task == NER:
+        return {"entities": [{"label": str(e.get("entity_group", e.get("entity"))), "score": float(e["score"]),
+                              "word": str(e["word"]), "start": _int(e.get("start")), "end": _int(e.get("end"))}
+                             for e in result]}
+    if task == QA:
+        best = result[0] if isinstance(result, list) else result
+        return {"answer": str(best["answer"]), "score": float(best["score"]), "start": int(best["start"]),
+                "end": int(best["end"])}
+    raise InvalidInputError(f"task {task!r} has no batch output columns")
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def arrow_schema(task: str, id_column: str | None, id_is_int: bool, embedding_size: int | None) -> Any:
+    """The output table's schema: `row`, the id column when the input has one, then the task's columns."""
+    import pyarrow as pa
+
+    fields = [pa.field("row", pa.int64())]
+    if id_column is not None:
+        fields.append(pa.field(id_column, pa.int64() if id_is_int else pa.string()))
+    if task == EMBEDDINGS:
+        fields.append(pa.field("embedding", pa.list_(pa.float32(), embedding_size or -1)))
+    elif task == CLASSIFICATION:
+        fields += [pa.field("label", pa.string()), pa.field("score", pa.float64())]
+    elif task == NER:
+        entity = pa.struct([("label", pa.string()), ("score", pa.float64()), ("word", pa.string()),
+                            ("start", pa.int64()), ("end", pa.int64())])
+        fields.append(pa.field("entities", pa.list_(entity)))
+    else:
+        fields += [pa.field("answer", pa.string()), pa.field("score", pa.float64()), pa.field("start", pa.int64()),
+                   pa.field("end", pa.int64())]
+    return pa.schema(fields)
