@@ -1,0 +1,98 @@
+"""`sparsejit run` throughput against plain loops over the same pipeline, on real text.
+
+    python -m bench.batch_run                 # 20,000 texts (embeddings, default model) + 2,394 WNUT-16 (NER)
+    python -m bench.batch_run --rows 2000
+
+Texts: the tweets of ../shared/data/sentiment-train.csv, the WNUT-16 sentences and the SQuAD contexts'
+sentences, cycled to --rows. Engines run one after another here (not alternating: each is minutes of
+steady work); figures include model load and compile, as a user's wall clock does. fastembed is not
+compared: it downloads its models from the Hugging Face hub at run time, which this machine cannot reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def wnut_sentences() -> list[str]:
+    sentences, words = [], []
+    for line in (SHARED / "wnut16-train.conll").read_text().splitlines():
+        if line.strip():
+            words.append(line.split("\t")[0])
+        elif words:
+            sentences.append(" ".join(words))
+            words = []
+    return sentences
+
+
+def corpus(rows: int) -> list[str]:
+    with open(SHARED / "sentiment-train.csv", newline="") as f:
+        texts = [r["text"] for r in csv.DictReader(f)]
+    texts += wnut_sentences()
+    squad = json.loads((SHARED / "squad-v2-dev-subset.json").read_text())
+    for article in squad["data"]:
+        for paragraph in article["paragraphs"]:
+            texts += [s for s in re.split(r"(?<=[.!?])\s+", paragraph["context"]) if s.strip()]
+    return [texts[i % len(texts)] for i in range(rows)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--loop-rows", type=int, default=2_000, help="rows for the one-text-at-a-time loop")
+    args = parser.parse_args()
+
+    import sparsejit
+    from sparsejit.batch import run
+    from sparsejit.kernels.target import host_target
+
+    print(f"CPU {host_target().cpu} ({host_target().kernel_family})", flush=True)
+    texts = corpus(args.rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "texts.jsonl"
+        source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)))
+        t0 = time.perf_counter()
+        summary = run("embeddings", source, Path(tmp) / "out.parquet", batch_size=32, progress=False)
+        wall = time.perf_counter() - t0
+        print(f"sparsejit run, embeddings, {summary.written} rows: {wall:.1f} s, {summary.written / wall:.1f} rows/s "
+              f"(buckets {summary.sequence_lengths}, batch 32)", flush=True)
+
+        t0 = time.perf_counter()
+        pipe = sparsejit.Pipeline.create("embeddings", batch_size=32, sequence_length=summary.sequence_lengths)
+        pipe(texts)
+        wall = time.perf_counter() - t0
+        print(f"pipeline called on the whole list (same buckets, batch 32): {wall:.1f} s, {len(texts) / wall:.1f} "
+              "rows/s", flush=True)
+
+        loop = texts[:args.loop_rows]
+        t0 = time.perf_counter()
+        single = sparsejit.Pipeline.create("embeddings", batch_size=1, sequence_length=[128])
+        for text in loop:
+            single(text)
+        wall = time.perf_counter() - t0
+        print(f"plain loop, one text per call (batch 1, seq 128), {len(loop)} rows: {wall:.1f} s, "
+              f"{len(loop) / wall:.1f} rows/s", flush=True)
+
+        sentences = wnut_sentences()
+        ner_source = Path(tmp) / "wnut.jsonl"
+        ner_source.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences))
+        t0 = time.perf_counter()
+        summary = run("ner", ner_source, Path(tmp) / "entities.parquet", batch_size=16, progress=False)
+        wall = time.perf_counter() - t0
+        print(f"sparsejit run, NER (default model), {summary.written} WNUT-16 sentences: {wall:.1f} s, "
+              f"{summary.written / wall:.1f} rows/s (buckets {summary.sequence_lengths})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
