@@ -2,6 +2,7 @@
 
     python -m bench.batch_run                 # 20,000 texts (embeddings, default model) + 2,394 WNUT-16 (NER)
     python -m bench.batch_run --rows 2000
+    python -m bench.batch_run --ray           # also Ray Data, 1 vs 2 actors on a local 2-CPU cluster
 
 Texts: the tweets of ../shared/data/sentiment-train.csv, the WNUT-16 sentences and the SQuAD contexts'
 sentences, cycled to --rows. Engines run one after another here (not alternating: each is minutes of
@@ -51,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--loop-rows", type=int, default=2_000, help="rows for the one-text-at-a-time loop")
+    parser.add_argument("--ray", action="store_true", help="also Ray Data with 1 and 2 actors (local cluster)")
     args = parser.parse_args()
 
     import sparsejit
@@ -84,6 +86,8 @@ def main() -> None:
         print(f"plain loop, one text per call (batch 1, seq 128), {len(loop)} rows: {wall:.1f} s, "
               f"{len(loop) / wall:.1f} rows/s", flush=True)
 
+        if args.ray:
+            _ray_rows(texts, Path(tmp))
         sentences = wnut_sentences()
         ner_source = Path(tmp) / "wnut.jsonl"
         ner_source.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences))
@@ -92,6 +96,30 @@ def main() -> None:
         wall = time.perf_counter() - t0
         print(f"sparsejit run, NER (default model), {summary.written} WNUT-16 sentences: {wall:.1f} s, "
               f"{summary.written / wall:.1f} rows/s (buckets {summary.sequence_lengths})", flush=True)
+
+
+def _ray_rows(texts: list[str], tmp: Path) -> None:
+    """Ray Data on a local 2-CPU cluster: 1 actor with 2 kernel threads vs 2 actors with 1 thread each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from sparsejit.integrations.ray import run_on_ray
+
+    pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), tmp / "texts.parquet")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for actors, threads in ((1, 2), (2, 1)):
+            t0 = time.perf_counter()
+            rows = run_on_ray("embeddings", tmp / "texts.parquet", tmp / f"ray{actors}", concurrency=actors,
+                              actor_cpus=0.5, batch_size=512,
+                              predictor_kwargs={"num_threads": threads, "batch_size": 32,
+                                                "sequence_length": [48, 80, 128]})
+            wall = time.perf_counter() - t0
+            print(f"Ray Data, {actors} actor(s) x {threads} thread(s), {rows} rows: {wall:.1f} s, "
+                  f"{rows / wall:.1f} rows/s", flush=True)
+    finally:
+        ray.shutdown()
 
 
 if __name__ == "__main__":

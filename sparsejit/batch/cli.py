@@ -26,11 +26,18 @@ import click
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True)
 @click.option("--restart", is_flag=True, help="discard an unfinished earlier run instead of resuming it")
 @click.option("--kwargs", "task_kwargs", default=None, help="task options as JSON, e.g. '{\"top_k\": null}'")
+@click.option("--ray", "ray_address", default=None,
+              help="run on Ray Data instead: a cluster address ('auto', 'ray://host:10001') or 'local'; "
+                   "--output is then a directory of Parquet files")
+@click.option("--ray-actors", default=2, show_default=True, type=click.IntRange(min=1), help="actors (Ray)")
+@click.option("--ray-actor-cpus", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="CPUs Ray reserves per actor (below 1 on small machines: reads and writes need CPUs too)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 def run_command(task: str, model_path: str | None, input_path: str, output_path: str, text_column: str,
                 text_pair_column: str | None, question_column: str, context_column: str, id_column: str,
                 batch_size: int, sequence_length: str | None, chunk_rows: int, num_threads: int | None,
-                precision: str, restart: bool, task_kwargs: str | None, quiet: bool) -> None:
+                precision: str, restart: bool, task_kwargs: str | None, ray_address: str | None, ray_actors: int,
+                ray_actor_cpus: float, quiet: bool) -> None:
     """Run TASK over every row of --input into --output, resuming an interrupted run.
 
     Rows that cannot be run go to OUTPUT.errors.jsonl with their row, id and reason.
@@ -50,6 +57,21 @@ def run_command(task: str, model_path: str | None, input_path: str, output_path:
         raise click.BadParameter(f"--kwargs is not JSON: {exc}") from None
     columns = Columns(text=text_column, text_pair=text_pair_column, question=question_column,
                       context=context_column, id=id_column)
+    if ray_address:
+        from sparsejit.integrations.ray import run_on_ray
+
+        kwargs = {"model_path": model_path, "text_column": text_column, "text_pair_column": text_pair_column,
+                  "question_column": question_column, "context_column": context_column, "batch_size": batch_size,
+                  "num_threads": num_threads, "precision": precision, **options}
+        if lengths:
+            kwargs["sequence_length"] = lengths
+        try:
+            rows = run_on_ray(task, input_path, output_path, address=None if ray_address == "local" else ray_address,
+                              concurrency=ray_actors, actor_cpus=ray_actor_cpus, predictor_kwargs=kwargs)
+        except SparsejitError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"sparsejit run (Ray, {ray_actors} actors): {rows} rows -> {output_path}/")
+        return
     try:
         summary = run(task, input_path, output_path, model_path=model_path, columns=columns,
                       sequence_length=lengths, batch_size=batch_size, chunk_rows=chunk_rows,

@@ -1,0 +1,1 @@
+"""Integrations with other data systems (optional extras; each module imports its own library)."""
