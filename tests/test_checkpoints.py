@@ -249,10 +249,7 @@ from sparsejit.serve.testing import ServerThread
 config = ServerConfig(endpoints=[EndpointConfig(name="emb", task="embeddings", model=sys.argv[1],
                                                 sequence_length=32)])
 with ServerThread(create_app(config)) as server:
-    for _ in range(2400):
-        if httpx.get(f"{server.url}/v2/health/ready").status_code == 200:
-            break
-        __import__("time").sleep(0.1)
+    server.wait_ready(240)
     reply = httpx.post(f"{server.url}/v2/models/emb/infer", json={"inputs": ["a checkpoint, no torch"]})
     print(reply.status_code, reply.text[:200])
     assert reply.status_code == 200

@@ -29,7 +29,8 @@ def test_ray_actors_give_the_rows_of_sparsejit_run(tmp_path: Path) -> None:
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
         written = run_on_ray("embeddings", tmp_path / "texts.parquet", tmp_path / "ray_out", concurrency=2,
-                             batch_size=250, actor_cpus=0.5, predictor_kwargs={"num_threads": 1, "sequence_length": BUCKETS})
+                             batch_size=250, actor_cpus=0.5,
+                             predictor_kwargs={"num_threads": 1, "sequence_length": BUCKETS})
     finally:
         ray.shutdown()
     assert written == 2000

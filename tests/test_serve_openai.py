@@ -3,7 +3,6 @@ official `openai` client. Reference: the same embeddings pipeline called in-proc
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,10 +28,7 @@ def server() -> Iterator[Any]:
         EndpointConfig(name="minilm", task="embeddings", model=str(minilm_dir()), batch_size=4,
                        sequence_length=LENGTHS)])
     with ServerThread(create_app(config)) as srv:
-        deadline = time.monotonic() + 300
-        while httpx.get(f"{srv.url}/v2/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.05)
+        srv.wait_ready()
         yield srv
 
 

@@ -5,7 +5,6 @@ References: the embeddings and text-classification pipelines called in-process o
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,10 +43,7 @@ def server(reranker_dir: Path) -> Iterator[Any]:
         EndpointConfig(name="rank", task="text-classification", model=str(reranker_dir), batch_size=4,
                        sequence_length=[32])])
     with ServerThread(create_app(config)) as srv:
-        deadline = time.monotonic() + 300
-        while httpx.get(f"{srv.url}/v2/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.05)
+        srv.wait_ready()
         yield srv
 
 

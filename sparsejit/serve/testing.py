@@ -56,6 +56,16 @@ class ServerThread:
         self.thread.join(timeout_s)
         self.sock.close()
 
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Block until ``/v2/health/ready`` answers 200 (every endpoint compiled); TimeoutError past it."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while httpx.get(f"{self.url}/v2/health/ready").status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server at {self.url} not ready after {timeout_s:g} s")
+            time.sleep(0.05)
+
     def __enter__(self) -> ServerThread:
         return self.start()
 
