@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import sparsejit
-from sparsejit.batch import Columns, run, suggest_sequence_lengths
+from sparsejit.batch import Columns, run
 from sparsejit.batch import runner as R
 from sparsejit.model_wheels import minilm_dir
+from sparsejit.tasks import suggest_buckets
 from tests import zoo
 
 pq = pytest.importorskip("pyarrow.parquet")
@@ -158,8 +159,6 @@ def test_ner_on_wnut_sentences_equals_the_pipeline(tmp_path: Path) -> None:
 
 
 def test_qa_columns_and_bucket_suggestion(tmp_path: Path) -> None:
-    assert suggest_sequence_lengths([5, 7, 9, 12, 100, 300], 128) == [16, 128]
-    assert suggest_sequence_lengths([], 512) == [128]
     directory = zoo.shared_model("minilm-squad")
     context = "The Eiffel Tower is in Paris. It was built by the company of Gustave Eiffel from 1887 to 1889."
     source = _jsonl(tmp_path / "qa.jsonl", [{"q": "Where is the Eiffel Tower?", "c": context},
@@ -167,6 +166,8 @@ def test_qa_columns_and_bucket_suggestion(tmp_path: Path) -> None:
     summary = run("qa", source, tmp_path / "answers.jsonl", model_path=directory, progress=False,
                   columns=Columns(question="q", context="c"))
     got = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    pairs = [("Where is the Eiffel Tower?", context), ("Who built it?", context)]
+    assert summary.sequence_lengths == suggest_buckets(pairs, directory)  # buckets from the data
     pipe = sparsejit.Pipeline.create("qa", directory, sequence_length=summary.sequence_lengths)
     expected = pipe(question=["Where is the Eiffel Tower?", "Who built it?"], context=context)
     assert [g["answer"] for g in got] == [e["answer"] for e in expected]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
+
+from sparsejit.cli_options import parse_sequence_lengths, parse_task_kwargs
 
 
 @click.command("run")
@@ -45,16 +45,8 @@ def run_command(task: str, model_path: str | None, input_path: str, output_path:
     from sparsejit.batch import Columns, run
     from sparsejit.errors import SparsejitError
 
-    lengths = None
-    if sequence_length:
-        try:
-            lengths = [int(p) for p in sequence_length.strip("[]").split(",") if p.strip()]
-        except ValueError:
-            raise click.BadParameter(f"expected ints, got {sequence_length!r}") from None
-    try:
-        options = json.loads(task_kwargs) if task_kwargs else {}
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"--kwargs is not JSON: {exc}") from None
+    lengths = parse_sequence_lengths(sequence_length)
+    options = parse_task_kwargs(task_kwargs)
     columns = Columns(text=text_column, text_pair=text_pair_column, question=question_column,
                       context=context_column, id=id_column)
     if ray_address:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsejit.errors import InvalidInputError
+from sparsejit.errors import InvalidInputError, SparsejitError
 
 EMBEDDINGS, CLASSIFICATION, NER, QA = ("transformers_embedding_extraction", "text_classification",
                                        "token_classification", "question_answering")
@@ -61,6 +61,30 @@ def call_arguments(task: str, items: list[Any]) -> tuple[tuple[Any, ...], dict[s
     return (items,), {}
 
 
+def run_isolating(pipe: Any, task: str, items: list[Any]) -> list[tuple[Any, str | None]]:
+    """(result, None) per item, in one pipeline call; when that call refuses the items, each is run alone
+    and one the pipeline refuses gets (None, why) instead of failing its neighbours."""
+    if not items:
+        return []
+    try:
+        return [(result, None) for result in _call(pipe, task, items)]
+    except SparsejitError:
+        pass
+    outcomes: list[tuple[Any, str | None]] = []
+    for one in items:
+        try:
+            outcomes.append((_call(pipe, task, [one])[0], None))
+        except SparsejitError as exc:
+            outcomes.append((None, f"{type(exc).__name__}: {exc}"))
+    return outcomes
+
+
+def _call(pipe: Any, task: str, items: list[Any]) -> list[Any]:
+    args, kwargs = call_arguments(task, items)
+    parsed, _, options = pipe.parse(*args, **kwargs)
+    return pipe.run_items(parsed, options)
+
+
 def result_columns(task: str, result: Any) -> dict[str, Any]:
     """The output columns of one item's pipeline result."""
     if task == EMBEDDINGS:
@@ -81,6 +105,13 @@ def result_columns(task: str, result: Any) -> dict[str, Any]:
 
 def _int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def embedding_size(pipe: Any) -> int | None:
+    """The length of the vectors an embeddings pipeline returns (its options applied); None for others."""
+    if pipe.task != EMBEDDINGS:
+        return None
+    return len(pipe.format(pipe.run_items(["size probe"], {}), True))
 
 
 def arrow_schema(task: str, id_column: str | None, id_is_int: bool, embedding_size: int | None) -> Any:

@@ -13,7 +13,6 @@ UTF-8) go to `<output>.errors.jsonl` with their row number, id and reason; the r
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -32,7 +31,7 @@ from sparsejit.batch.io import (
     require_pyarrow,
     write_part,
 )
-from sparsejit.errors import InvalidInputError, SparsejitError
+from sparsejit.errors import InvalidInputError
 
 _PART = "part-{:06d}"
 
@@ -51,21 +50,6 @@ class RunSummary:
     @property
     def items_per_second(self) -> float:
         return self.written / self.seconds if self.seconds else 0.0
-
-
-def suggest_sequence_lengths(token_counts: Sequence[int], limit: int) -> list[int]:
-    """Buckets from the data: the median, 90th percentile and longest token count, each rounded up to a
-    multiple of 16 and capped at `limit` (a short tail then does not pay for the longest rows)."""
-    if not token_counts:
-        return [min(128, limit)]
-    ordered = sorted(token_counts)
-    picks = [ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, (9 * len(ordered)) // 10)], ordered[-1]]
-    return sorted({min(limit, max(16, 16 * math.ceil(p / 16))) for p in picks})
-
-
-def _position_limit(config: dict[str, Any]) -> int:
-    limit = int(config.get("max_position_embeddings") or 512)
-    return limit - 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "mpnet") else limit
 
 
 def _chunks(records: Iterator[dict[str, Any] | BadRecord], size: int) -> Iterator[list[tuple[int, Any]]]:
@@ -124,7 +108,7 @@ def run(task: str, input_path: str | os.PathLike, output_path: str | os.PathLike
     Without `model_path` the task's default model is used, as `sparsejit serve` does. Without
     `sequence_length` the buckets are suggested from the token counts of the first chunk.
     """
-    from sparsejit.tasks.base import load_config, load_tokenizer, resolve_model_files
+    from sparsejit.tasks.base import resolve_model_files, suggest_buckets
     from sparsejit.tasks.registry import get_pipeline_class
 
     cols = columns or C.Columns()
@@ -145,23 +129,21 @@ def run(task: str, input_path: str | os.PathLike, output_path: str | os.PathLike
         raise InvalidInputError(f"task {task!r} has no batch columns")
     start = time.perf_counter()
     total = count_records(source, in_fmt)
-    first = next((r for r in read_records(source, in_fmt) if isinstance(r, dict)), {})
+    head = [r for _, r in zip(range(chunk_rows), read_records(source, in_fmt), strict=False) if isinstance(r, dict)]
+    first = head[0] if head else {}
     id_column = cols.id if cols.id in first else None
     id_is_int = id_column is not None and isinstance(first.get(id_column), int)
 
     files = resolve_model_files(model_path if model_path is not None else klass.default_model(),
                                 klass.checkpoint_head)
     if sequence_length is None:
-        sample = [r for _, r in zip(range(chunk_rows), read_records(source, in_fmt), strict=False)
-                  if isinstance(r, dict) and C.check(name, r, cols) is None]
+        sample = [r for r in head if C.check(name, r, cols) is None]
         texts = [(r[cols.question], r[cols.context]) if name == C.QA else r[cols.text] for r in sample]
-        counts = [len(e.ids) for e in load_tokenizer(files.tokenizer_path).encode_batch(texts)] if texts else []
-        sequence_length = suggest_sequence_lengths(counts, _position_limit(load_config(files.directory)))
+        sequence_length = suggest_buckets(texts, files.directory) if texts else 128
     lengths = [sequence_length] if isinstance(sequence_length, int) else sorted(set(sequence_length))
     pipe = klass(files, batch_size=batch_size, sequence_length=lengths, num_threads=num_threads,
                  precision=precision, **options)
-    embedding_size = len(pipe.format(pipe.run_items(["size probe"], {}), True)) if name == C.EMBEDDINGS else None
-    schema = C.arrow_schema(name, id_column, id_is_int, embedding_size) if out_fmt == "parquet" else None
+    schema = C.arrow_schema(name, id_column, id_is_int, C.embedding_size(pipe)) if out_fmt == "parquet" else None
 
     parts_dir = out.with_name(out.name + ".parts")
     manifest = _manifest(source, name, str(model_path) if model_path is not None else None, cols, chunk_rows,
@@ -213,11 +195,11 @@ def _run_chunk(pipe: Any, task: str, chunk: list[tuple[int, Any]], cols: C.Colum
         else:
             ident = record.get(id_column) if isinstance(record, dict) and id_column else None
             bad.append({"row": row, "id": ident, "reason": reason})
-    keys = [(row, r.get(id_column) if id_column else None) for row, r in good]
-    results = _results(pipe, task, [C.item(task, r, cols) for _, r in good], bad, keys)
+    outcomes = C.run_isolating(pipe, task, [C.item(task, r, cols) for _, r in good])
     rows = []
-    for (row, record), result in zip(good, results, strict=True):
-        if result is None:
+    for (row, record), (result, reason) in zip(good, outcomes, strict=True):
+        if reason is not None:
+            bad.append({"row": row, "id": record.get(id_column) if id_column else None, "reason": reason})
             continue
         out = {"row": row}
         if id_column is not None:
@@ -226,28 +208,3 @@ def _run_chunk(pipe: Any, task: str, chunk: list[tuple[int, Any]], cols: C.Colum
         rows.append(out)
     bad.sort(key=lambda b: b["row"])
     return rows, bad
-
-
-def _results(pipe: Any, task: str, items: list[Any], bad: list[dict[str, Any]],
-             keys: list[tuple[int, Any]]) -> list[Any]:
-    """Pipeline results of `items` (row, id in `keys`); a row the pipeline refuses becomes an error row."""
-    if not items:
-        return []
-    try:
-        return _call(pipe, task, items)
-    except SparsejitError:
-        pass
-    results: list[Any] = []
-    for (row, ident), one in zip(keys, items, strict=True):  # find the row(s) the pipeline refuses
-        try:
-            results.append(_call(pipe, task, [one])[0])
-        except SparsejitError as exc:
-            bad.append({"row": row, "id": ident, "reason": f"{type(exc).__name__}: {exc}"})
-            results.append(None)
-    return results
-
-
-def _call(pipe: Any, task: str, items: list[Any]) -> list[Any]:
-    args, kwargs = C.call_arguments(task, items)
-    parsed, _, options = pipe.parse(*args, **kwargs)
-    return pipe.run_items(parsed, options)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sparsejit.batch import columns as C
-from sparsejit.errors import InvalidInputError, SparsejitError
+from sparsejit.errors import InvalidInputError
 
 
 class SparsejitPredictor:
@@ -40,10 +40,8 @@ class SparsejitPredictor:
         self.task = self.pipe.task
         self.columns = C.Columns(text=text_column, text_pair=text_pair_column, question=question_column,
                                  context=context_column)
-        size = len(self.pipe.format(self.pipe.run_items(["size probe"], {}), True)) if self.task == C.EMBEDDINGS \
-            else None
         # the result columns' types, fixed for every batch (a batch with a bad row must not change them)
-        self.result_schema = C.arrow_schema(self.task, None, False, size)
+        self.result_schema = C.arrow_schema(self.task, None, False, C.embedding_size(self.pipe))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Any:
         names = list(batch)
@@ -54,9 +52,11 @@ class SparsejitPredictor:
         results: dict[int, dict[str, Any]] = {}
         if good:
             items = [C.item(self.task, records[i], self.columns) for i in good]
-            for i, result in zip(good, self._run(items, good, reasons), strict=True):
-                if result is not None:
+            for i, (result, reason) in zip(good, C.run_isolating(self.pipe, self.task, items), strict=True):
+                if reason is None:
                     results[i] = C.result_columns(self.task, result)
+                else:
+                    reasons[i] = reason
         import pyarrow as pa
 
         out = {name: pa.array(list(batch[name])) if batch[name].dtype == object else pa.array(batch[name])
@@ -67,25 +67,6 @@ class SparsejitPredictor:
                                            type=field.type)
         out["error"] = pa.array(reasons, type=pa.string())
         return pa.table(out)
-
-    def _run(self, items: list[Any], rows: list[int], reasons: list[str | None]) -> list[Any]:
-        try:
-            return self._call(items)
-        except SparsejitError:
-            pass
-        results = []
-        for row, one in zip(rows, items, strict=True):  # isolate the row(s) the pipeline refuses
-            try:
-                results.append(self._call([one])[0])
-            except SparsejitError as exc:
-                reasons[row] = f"{type(exc).__name__}: {exc}"
-                results.append(None)
-        return results
-
-    def _call(self, items: list[Any]) -> list[Any]:
-        args, kwargs = C.call_arguments(self.task, items)
-        parsed, _, options = self.pipe.parse(*args, **kwargs)
-        return self.pipe.run_items(parsed, options)
 
 
 def _python(value: Any) -> Any:

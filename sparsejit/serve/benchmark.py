@@ -122,11 +122,11 @@ def _check_positions(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
         raw = json.loads(config.read_text()) if config.is_file() else {}
     except (OSError, ValueError):
         return
-    limit = int(raw.get("max_position_embeddings") or 0)
-    if raw.get("model_type") in ("roberta", "xlm-roberta", "camembert", "mpnet"):
-        limit -= 2  # positions start after the padding index
+    from sparsejit.tasks.base import model_position_limit
+
+    limit = model_position_limit(raw)
     longest = max((s[1] for s in shapes.values() if len(s) > 1), default=0)
-    if limit > 0 and longest > limit:
+    if limit is not None and longest > limit:
         raise BenchmarkError(f"sequence length {longest} exceeds the model's {limit} positions "
                              f"(config.json max_position_embeddings); give -i [batch,{limit}] or less")
 

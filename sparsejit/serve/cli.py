@@ -13,21 +13,9 @@ from typing import Any
 
 import click
 
+from sparsejit.cli_options import parse_sequence_lengths, parse_task_kwargs
+
 __all__ = ["main"]
-
-
-def _lengths(value: str | None) -> int | list[int] | None:
-    """``"128"`` -> 128, ``"64,128"`` / ``"[64,128]"`` -> [64, 128]."""
-    if value is None:
-        return None
-    parts = [p for p in value.strip().strip("[]").replace(" ", "").split(",") if p]
-    try:
-        numbers = [int(p) for p in parts]
-    except ValueError:
-        raise click.BadParameter(f"expected an int or a list of ints, got {value!r}") from None
-    if not numbers:
-        raise click.BadParameter("give at least one sequence length")
-    return numbers[0] if len(numbers) == 1 else numbers
 
 
 def _options_error(exc: ValueError) -> str:
@@ -125,14 +113,11 @@ def serve(task: str | None, model_path: str | None, config_file: str | None, nam
             if batch_size is not None:
                 endpoint["batch_size"] = batch_size
             if sequence_length is not None:
-                endpoint["sequence_length"] = _lengths(sequence_length)
+                endpoint["sequence_length"] = parse_sequence_lengths(sequence_length)
             if precision is not None:
                 endpoint["precision"] = precision
             if task_kwargs:
-                try:
-                    endpoint["kwargs"] = json.loads(task_kwargs)
-                except json.JSONDecodeError as exc:
-                    raise click.BadParameter(f"--kwargs is not JSON: {exc}") from None
+                endpoint["kwargs"] = parse_task_kwargs(task_kwargs)
             config = ServerConfig(**{k: v for k, v in server_opts.items() if v is not None},
                                   endpoints=[EndpointConfig(**endpoint)])
         app = create_app(config)

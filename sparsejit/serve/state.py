@@ -56,6 +56,14 @@ class EndpointState:
     def ready(self) -> bool:
         return self.status == "ready"
 
+    def unavailable(self) -> str | None:
+        """Why this endpoint cannot take requests now (failed to load, still compiling), or None."""
+        if self.ready and self.batcher is not None and self.pipeline is not None:
+            return None
+        if self.status == "failed":
+            return f"endpoint {self.name!r} failed to load: {self.error}"
+        return f"endpoint {self.name!r} is {self.status}"
+
     def describe(self) -> dict[str, Any]:
         """JSON description for ``/v2/models``."""
         info: dict[str, Any] = {
@@ -105,6 +113,10 @@ class ServerState:
         if self.config.allow_partial:
             return any(e.ready for e in endpoints) and all(e.status in ("ready", "failed") for e in endpoints)
         return bool(self.endpoints) and all(e.ready for e in endpoints)
+
+    def endpoints_for(self, task: str) -> list[EndpointState]:
+        """The endpoints running the pipeline task `task` (e.g. "text_classification"), in config order."""
+        return [e for e in self.endpoints.values() if e.pipeline_class.task == task]
 
     def start(self) -> None:
         """Compile every endpoint in a worker thread (one after the other), without blocking startup."""

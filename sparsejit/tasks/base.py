@@ -33,6 +33,7 @@ __all__ = [
     "Pipeline",
     "load_config",
     "load_tokenizer",
+    "model_position_limit",
     "resolve_model_files",
     "suggest_buckets",
 ]
@@ -100,6 +101,15 @@ def load_config(directory: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+
+
+def model_position_limit(config: Mapping[str, Any]) -> int | None:
+    """The longest input the model's position table allows (config.json ``max_position_embeddings``;
+    2 fewer where positions start after the padding index, as RoBERTa's and MPNet's do), or None."""
+    limit = int(config.get("max_position_embeddings") or 0)
+    if not limit:
+        return None
+    return limit - 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "mpnet") else limit
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
@@ -176,9 +186,7 @@ class Pipeline:
         if not lengths or any(int(s) < 2 for s in lengths):
             raise InvalidInputError(f"sequence_length must be an int >= 2 or a non-empty list of them, "
                                     f"got {sequence_length!r}")
-        self.model_max_length = int(self.config.get("max_position_embeddings") or 0) or None
-        if self.model_max_length and self.config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
-            self.model_max_length -= 2  # positions start after the padding index
+        self.model_max_length = model_position_limit(self.config)
         if self.model_max_length and max(lengths) > self.model_max_length:
             raise InvalidInputError(f"sequence_length {max(lengths)} exceeds the model's maximum "
                                     f"{self.model_max_length} (config.json max_position_embeddings)")
@@ -466,7 +474,7 @@ def suggest_buckets(texts: Iterable[str | tuple[str, str]], tokenizer_or_pipelin
         path = Path(tokenizer_or_pipeline)
         tok = load_tokenizer(path)
         cfg = load_config(path if path.is_dir() else path.parent)
-        cap = int(cfg.get("max_position_embeddings") or 0) or None
+        cap = model_position_limit(cfg)
     cap = max_length or cap or 512
     if multiple < 1:
         raise InvalidInputError(f"multiple must be >= 1, got {multiple}")

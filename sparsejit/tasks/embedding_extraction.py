@@ -229,10 +229,6 @@ class EmbeddingExtractionPipeline(Pipeline):
         """The pooling used when a call does not choose one (from modules.json when present)."""
         return str(self._params[2].get("extraction_strategy", "reduce_mean"))
 
-    @property
-    def default_normalize(self) -> bool:
-        return bool(self._params[2].get("normalize", False))
-
     def format(self, results: list[Any], single: bool) -> Any:
         formatted = super().format(results, single)
         if isinstance(formatted, list) and formatted and formatted[0].ndim == 1:
@@ -242,7 +238,7 @@ class EmbeddingExtractionPipeline(Pipeline):
     def preprocess(self, items: list[Any], truncate: bool = True, truncation_direction: str = "right",
                    **kwargs: Any) -> list[Encoded]:
         """Texts are tokenised, token-id lists used as given; an input longer than the largest sequence
-        length is cut at `truncation_direction` when `truncate`, else an `InputTooLongError`."""
+        length is cut at `truncation_direction` when `truncate`, else a `SequenceTooLongError`."""
         return [Encoded([row]) for row in self.token_rows(items, truncate, truncation_direction)]
 
     def token_rows(self, items: list[Any], truncate: bool = True,

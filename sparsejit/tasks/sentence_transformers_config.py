@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from sparsejit.errors import ModelLoadError
@@ -62,3 +63,14 @@ def read_sentence_embedding_config(directory: Path) -> SentenceEmbeddingConfig |
     if strategy is None:
         return None
     return SentenceEmbeddingConfig(strategy, normalize)
+
+
+@lru_cache(maxsize=64)
+def read_prompts(directory: str) -> dict[str, str]:
+    """The named prompts of `directory`'s config_sentence_transformers.json ({} when absent or unreadable):
+    text put before an input when a caller asks for the prompt by name (TEI's `prompt_name`)."""
+    try:
+        prompts = json.loads((Path(directory) / "config_sentence_transformers.json").read_text()).get("prompts")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return dict(prompts) if isinstance(prompts, dict) else {}

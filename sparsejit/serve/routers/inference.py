@@ -55,13 +55,12 @@ def _error(code: int, detail: str, error_id: str | None = None,
 
 async def run_inference(endpoint: EndpointState, body: BaseModel, state: ServerState) -> Any:
     """Queue ``body`` on the endpoint's batcher; map every failure to a clean HTTP answer."""
-    if not endpoint.ready or endpoint.batcher is None:
+    if (why := endpoint.unavailable()) is not None:
         if endpoint.status == "failed":
-            return _error(status.HTTP_503_SERVICE_UNAVAILABLE,
-                          f"endpoint {endpoint.name!r} failed to load: {endpoint.error}")
-        return _error(status.HTTP_503_SERVICE_UNAVAILABLE,
-                      f"endpoint {endpoint.name!r} is {endpoint.status}; retry when /v2/health/ready is 200",
+            return _error(status.HTTP_503_SERVICE_UNAVAILABLE, why)
+        return _error(status.HTTP_503_SERVICE_UNAVAILABLE, f"{why}; retry when /v2/health/ready is 200",
                       retry_after=2)
+    assert endpoint.batcher is not None
     try:
         return await endpoint.batcher.submit(body, state.config.request_timeout_s)
     except QueueFullError as exc:

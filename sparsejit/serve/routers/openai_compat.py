@@ -82,10 +82,9 @@ def openai_error(status_code: int, message: str, kind: str = "invalid_request_er
 
 
 def _embeddings_endpoint(state: ServerState, model: str) -> EndpointState | None:
-    candidates = {n: e for n, e in state.endpoints.items() if e.pipeline_class.task == _EMBEDDINGS_TASK}
-    if model in candidates:
-        return candidates[model]
-    return next(iter(candidates.values())) if len(candidates) == 1 else None
+    candidates = state.endpoints_for(_EMBEDDINGS_TASK)
+    named = [e for e in candidates if e.name == model]
+    return named[0] if named else candidates[0] if len(candidates) == 1 else None
 
 
 def _items(value: str | list[Any]) -> list[Any]:
@@ -110,21 +109,21 @@ def _encode(vector: np.ndarray, fmt: str) -> list[float] | str:
 async def create_embeddings(body: EmbeddingsRequest, state: State) -> Any:
     endpoint = _embeddings_endpoint(state, body.model)
     if endpoint is None:
-        names = sorted(n for n, e in state.endpoints.items() if e.pipeline_class.task == _EMBEDDINGS_TASK)
+        names = sorted(e.name for e in state.endpoints_for(_EMBEDDINGS_TASK))
         return openai_error(status.HTTP_404_NOT_FOUND, f"no embeddings model {body.model!r}; models: {names}",
                             param="model", code="model_not_found")
-    if not endpoint.ready or endpoint.batcher is None or endpoint.pipeline is None:
-        why = f"failed to load: {endpoint.error}" if endpoint.status == "failed" else f"is {endpoint.status}"
-        return openai_error(status.HTTP_503_SERVICE_UNAVAILABLE, f"model {endpoint.name!r} {why}",
-                            kind="server_error", retry_after=None if endpoint.status == "failed" else 2)
+    if (why := endpoint.unavailable()) is not None:
+        return openai_error(status.HTTP_503_SERVICE_UNAVAILABLE, why, kind="server_error",
+                            retry_after=None if endpoint.status == "failed" else 2)
     items = _items(body.input)
     if not items or any(isinstance(i, str) and not i for i in items) or any(i == [] for i in items):
         return openai_error(status.HTTP_400_BAD_REQUEST, "input must be a non-empty string, or a non-empty list "
                             "of non-empty strings or token-id lists", param="input")
     pipeline = endpoint.pipeline
     try:
-        rows = await run_in_threadpool(pipeline.token_rows, items, False)
-        request = pipeline.input_schema(inputs=items, truncate=False, dimensions=body.dimensions)
+        rows = await run_in_threadpool(pipeline.token_rows, items, False)  # counted (and refused) once
+        request = pipeline.input_schema(inputs=[row["input_ids"].tolist() for row in rows], truncate=False,
+                                        dimensions=body.dimensions)
         vectors = await endpoint.batcher.submit(request, state.config.request_timeout_s)
     except SequenceTooLongError as exc:
         return openai_error(status.HTTP_400_BAD_REQUEST, str(exc), param="input", code="context_length_exceeded")

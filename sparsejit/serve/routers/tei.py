@@ -10,8 +10,6 @@ these routes take no model name; the per-endpoint routes stay available for the 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +23,7 @@ from sparsejit.errors import InvalidInputError, SequenceTooLongError, ShapeError
 from sparsejit.serve.batching import QueueFullError, RequestTimeoutError
 from sparsejit.serve.deps import State, require_api_key
 from sparsejit.serve.state import EndpointState, ServerState
+from sparsejit.tasks.sentence_transformers_config import read_prompts
 
 router = APIRouter(tags=["text-embeddings-inference"], dependencies=[Depends(require_api_key)])
 
@@ -75,30 +74,21 @@ def tei_error(status_code: int, message: str, kind: str) -> JSONResponse:
 
 
 def _first(state: ServerState, task: str) -> EndpointState | None:
-    return next((e for e in state.endpoints.values() if e.pipeline_class.task == task), None)
+    return next(iter(state.endpoints_for(task)), None)
 
 
 def _unavailable(endpoint: EndpointState | None, kind: str) -> JSONResponse | None:
     if endpoint is None:
         return tei_error(424, f"this server has no {kind} endpoint", "Backend")
-    if not endpoint.ready or endpoint.batcher is None:
-        why = f"failed to load: {endpoint.error}" if endpoint.status == "failed" else f"is {endpoint.status}"
-        return tei_error(status.HTTP_503_SERVICE_UNAVAILABLE, f"endpoint {endpoint.name!r} {why}", "Unhealthy")
+    if (why := endpoint.unavailable()) is not None:
+        return tei_error(status.HTTP_503_SERVICE_UNAVAILABLE, why, "Unhealthy")
     return None
-
-
-def _prompts(endpoint: EndpointState) -> dict[str, str]:
-    path = Path(endpoint.pipeline.files.directory) / "config_sentence_transformers.json"
-    try:
-        return dict(json.loads(path.read_text()).get("prompts") or {})
-    except (OSError, ValueError, AttributeError):
-        return {}
 
 
 def _with_prompt(endpoint: EndpointState, texts: list[Any], prompt_name: str | None) -> list[Any]:
     if prompt_name is None:
         return texts
-    prompts = _prompts(endpoint)
+    prompts = read_prompts(str(endpoint.pipeline.files.directory))
     if prompt_name not in prompts:
         raise InvalidInputError(f"prompt_name {prompt_name!r} is not in the model's sentence-transformers "
                                 f"prompts {sorted(prompts)}")
