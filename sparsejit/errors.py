@@ -64,3 +64,11 @@ class CPUFeatureError(SparsejitError, RuntimeError):
 class QuantizationRangeWarning(UserWarning):
     """A quantised model whose calibration made a rounding useless (e.g. a scale so large that every
     ordinary value rounds to zero): it runs, but its outputs lost their information in every engine."""
+
+
+class TrainingUnavailableError(SparsejitError, RuntimeError):
+    """Sparse fine-tuning was asked for but its optional dependencies (torch, transformers) are missing."""
+
+
+class TrainingDataError(SparsejitError, ValueError):
+    """A training or evaluation file cannot be read for the task (missing column, unknown label, bad row)."""

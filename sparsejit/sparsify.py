@@ -40,7 +40,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 __all__ = ["LayerReport", "SparsifyReport", "find_prunable", "sparsify", "prune_magnitude", "prune_obs",
-           "read_labelled_csv", "evaluate_accuracy"]
+           "quantize_onnx", "read_labelled_csv", "evaluate_accuracy", "encode_texts", "parse_structure"]
 
 METHODS = ("magnitude", "obs")
 SCOPES = ("per_layer", "global")
@@ -490,7 +490,7 @@ def _resolve_io(model_in: str | os.PathLike, model_out: str | os.PathLike) -> tu
 
 
 def _load_tokenizer(tokenizer: Any, src_dir: Path) -> tuple[Any, int]:
-    from sparsejit.tasks.base import _pad_token_id, load_tokenizer
+    from sparsejit.tasks.base import load_tokenizer, pad_token_id
 
     if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
         path = Path(tokenizer) if tokenizer is not None else src_dir / "tokenizer.json"
@@ -499,7 +499,7 @@ def _load_tokenizer(tokenizer: Any, src_dir: Path) -> tuple[Any, int]:
         tokenizer = load_tokenizer(path)
         path = path / "tokenizer.json" if path.is_dir() else path
         config = _read_config(path.parent)
-        return tokenizer, _pad_token_id(tokenizer, config, path)
+        return tokenizer, pad_token_id(tokenizer, config, path)
     return tokenizer, int(tokenizer.token_to_id("[PAD]") or 0)
 
 
@@ -613,7 +613,7 @@ def sparsify(model_in: str | os.PathLike, model_out: str | os.PathLike, sparsity
         calib = None
         if mode == "static":
             calib = _calibration(calibration_texts, tok, input_names, inits, num_calibration, max_length, pad_id)
-        _quantize(fp32_file, dst_file, mode, calib)
+        quantize_onnx(fp32_file, dst_file, mode, calib)
         report.quantized = dst_file
     if eval_data is not None and labels is not None:
         say("evaluating the pruned model")
@@ -665,7 +665,9 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
         onnx.save(model, str(path))
 
 
-def _quantize(src: Path, dst: Path, mode: str, calib: TextBatches | None) -> None:
+def quantize_onnx(src: Path, dst: Path, mode: str, calib: TextBatches | None) -> None:
+    """int8 with onnxruntime.quantization: "dynamic" (s8 weights), or "static" QDQ per-channel calibrated
+    on `calib` (u8 activations, s8 weights: zero weights stay exactly zero in both)."""
     try:
         from onnxruntime import quantization as q
     except ImportError as exc:

@@ -54,12 +54,54 @@ def _read_texts(path: str, limit: int) -> list[str]:
 @click.option("--quantize", type=click.Choice(["none", "dynamic", "static"]), default="none", show_default=True,
               help="int8 quantisation afterwards with onnxruntime.quantization")
 @click.option("--max-length", type=click.IntRange(min=8), default=128, show_default=True,
-              help="tokens per calibration / evaluation text")
-def sparsify_command(model: str, output: str, sparsity: float, method: str, structure: str, scope: str,
-                     calibration: str | None, num_calibration: int, eval_csv: str | None,
+              help="tokens per calibration / evaluation / training text")
+@click.option("--finetune", "train_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="prune while fine-tuning MODEL (a Hugging Face checkpoint directory) on this file: CSV "
+                   "text,label / CoNLL token<TAB>tag / SQuAD JSON (needs pip install 'sparsejit[train]')")
+@click.option("--task", type=click.Choice(["text_classification", "token_classification", "question_answering"]),
+              default=None, help="[--finetune] task [default: the one MODEL's head was trained for]")
+@click.option("--eval-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="[--finetune] held-out data in the training file's format [default: --eval-split of it]")
+@click.option("--eval-split", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+              help="[--finetune] fraction of the training file held out when no --eval-file [0.1]")
+@click.option("--recipe", "recipe_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="[--finetune] recipe YAML (as written beside a previous output); flags given override it")
+@click.option("--epochs", type=click.FloatRange(min=0.0, min_open=True), default=None, help="[--finetune] [10]")
+@click.option("--prune-end-epoch", type=click.FloatRange(min=0.0), default=None,
+              help="[--finetune] epoch at which the final sparsity is reached; the rest fine-tunes the final mask [6]")
+@click.option("--learning-rate", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="[--finetune] peak AdamW learning rate [1e-4]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[--finetune] [32]")
+@click.option("--seed", type=int, default=None, help="[--finetune] [42]")
+@click.option("--teacher", type=click.Path(exists=True, file_okay=False), default=None,
+              help="[--finetune] dense checkpoint to distil from [default: MODEL when its head fits the task]")
+@click.option("--distill-weight", type=click.FloatRange(0.0, 1.0), default=None,
+              help="[--finetune] weight of the teacher's soft targets; 1 - it weighs the labels [0.5]")
+@click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="[--finetune] distillation temperature [2]")
+@click.option("--no-baseline", is_flag=True, default=False,
+              help="[--finetune] skip scoring one-shot pruning at the same settings")
+@click.option("--no-speed", is_flag=True, default=False, help="[--finetune] skip timing dense vs sparse")
+@click.option("--keep-checkpoint", is_flag=True, default=False,
+              help="[--finetune] keep the last epoch's resumable checkpoint after success")
+@click.pass_context
+def sparsify_command(ctx: click.Context, model: str, output: str, sparsity: float, method: str, structure: str,
+                     scope: str, calibration: str | None, num_calibration: int, eval_csv: str | None,
                      eval_limit: int | None, tokenizer: str | None, skip: tuple[str, ...], no_skip: bool,
-                     quantize: str, max_length: int) -> None:
-    """Prune MODEL (.onnx or a model directory) to OUTPUT (.onnx, or a directory) and print per-layer sparsity."""
+                     quantize: str, max_length: int, train_file: str | None, **finetune: object) -> None:
+    """Prune MODEL (.onnx or a model directory) to OUTPUT (.onnx, or a directory) and print per-layer sparsity.
+
+    With --finetune, MODEL is a Hugging Face checkpoint directory pruned gradually while it is fine-tuned on
+    the file, distilling from the dense model; a recipe YAML and a JSON report are written beside OUTPUT.
+    """
+    if train_file is not None:
+        from sparsejit.finetune_cli import run_finetune
+
+        run_finetune(ctx, model, output, train_file)
+        return
+    given = [name for name, value in finetune.items() if value not in (None, False)]
+    if given:
+        raise click.UsageError(f"--{given[0].replace('_', '-')} applies only with --finetune")
     from sparsejit.sparsify import sparsify
 
     texts = _read_texts(calibration, num_calibration) if calibration else None

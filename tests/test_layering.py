@@ -37,8 +37,33 @@ def test_no_upward_imports(layer: str) -> None:
 
 
 def test_runtime_never_imports_torch_or_transformers() -> None:
+    """Only `sparsejit.training` (the optional `[train]` extra) may import torch / transformers."""
     offenders = [f"{path.relative_to(PKG)} imports {name}" for path in sorted(PKG.rglob("*.py"))
+                 if "training" not in path.relative_to(PKG).parts
                  for name in _imports(path) if name.split(".")[0] in ("torch", "transformers")]
+    assert not offenders, offenders
+
+
+def _top_level_imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_training_is_imported_only_when_used() -> None:
+    """Outside `training/`, modules import `sparsejit.training` inside functions only, and the package's own
+    `__init__` and recipe import no torch, so `import sparsejit` and the CLI work without the extra."""
+    offenders = [f"{path.relative_to(PKG)} imports {name} at module level" for path in sorted(PKG.rglob("*.py"))
+                 if "training" not in path.relative_to(PKG).parts
+                 for name in _top_level_imports(path) if name.startswith("sparsejit.training")]
+    for light in ("__init__.py", "recipe.py"):
+        offenders += [f"training/{light} imports {name}" for name in _top_level_imports(PKG / "training" / light)
+                      if name.split(".")[0] in ("torch", "transformers")
+                      or name.startswith("sparsejit.training.") and not name.endswith((".recipe",))]
     assert not offenders, offenders
 
 

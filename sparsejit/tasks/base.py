@@ -34,6 +34,7 @@ __all__ = [
     "load_config",
     "load_tokenizer",
     "model_position_limit",
+    "pad_token_id",
     "resolve_model_files",
     "suggest_buckets",
 ]
@@ -126,7 +127,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     return tokenizer
 
 
-def _pad_token_id(tokenizer: Tokenizer, config: Mapping[str, Any], tokenizer_path: Path) -> int:
+def pad_token_id(tokenizer: Tokenizer, config: Mapping[str, Any], tokenizer_path: Path) -> int:
+    """The id padded positions get: tokenizer.json's padding, else config.json's, else the pad token's."""
     try:
         baked = json.loads(Path(tokenizer_path).read_text()).get("padding") or {}
     except (OSError, json.JSONDecodeError):
@@ -181,7 +183,7 @@ class Pipeline:
         self.config = load_config(self.files.directory)
         self.tokenizer = load_tokenizer(self.files.tokenizer_path)
         self._tokenizer_variants: dict[str, Tokenizer] = {}  # left-truncating / untruncated copies
-        self.pad_token_id = _pad_token_id(self.tokenizer, self.config, self.files.tokenizer_path)
+        self.pad_token_id = pad_token_id(self.tokenizer, self.config, self.files.tokenizer_path)
         lengths = [sequence_length] if isinstance(sequence_length, int) else list(sequence_length)
         if not lengths or any(int(s) < 2 for s in lengths):
             raise InvalidInputError(f"sequence_length must be an int >= 2 or a non-empty list of them, "
