@@ -611,8 +611,9 @@ def sparsify(model_in: str | os.PathLike, model_out: str | os.PathLike, sparsity
         mode = "static" if quantize == "static" or (quantize is True and calibration_texts) else "dynamic"
         say(f"quantising to int8 ({mode})")
         calib = None
-        if mode == "static":
-            calib = _calibration(calibration_texts, tok, input_names, inits, num_calibration, max_length, pad_id)
+        if mode == "static":  # one text per batch: padding (and the mask's -3.4e38) must not enter the ranges
+            calib = _calibration(calibration_texts, tok, input_names, inits, num_calibration, max_length, pad_id,
+                                 batch_size=1)
         quantize_onnx(fp32_file, dst_file, mode, calib)
         report.quantized = dst_file
     if eval_data is not None and labels is not None:
@@ -622,12 +623,13 @@ def sparsify(model_in: str | os.PathLike, model_out: str | os.PathLike, sparsity
 
 
 def _calibration(texts: Sequence[str] | None, tok: Any, input_names: Sequence[str],
-                 inits: dict[str, np.ndarray], limit: int, max_length: int, pad_id: int) -> TextBatches:
+                 inits: dict[str, np.ndarray], limit: int, max_length: int, pad_id: int,
+                 batch_size: int = 16) -> TextBatches:
     if texts:
         if tok is None:
             raise ValueError("calibration texts need a tokenizer (tokenizer.json next to the model, "
                              "or tokenizer=)")
-        return encode_texts(list(texts)[:limit], tok, input_names, max_length, pad_id=pad_id)
+        return encode_texts(list(texts)[:limit], tok, input_names, max_length, batch_size, pad_id=pad_id)
     warnings.warn("no calibration texts given: calibrating on random token ids (worse than real text)",
                   stacklevel=3)
     vocab = tok.get_vocab_size() if tok is not None else 0

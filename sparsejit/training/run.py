@@ -150,7 +150,8 @@ def finetune_sparse(model_dir: str | os.PathLike, output: str | os.PathLike, tra
         import onnx
 
         names = [i.name for i in onnx.load(str(tmp_fp32), load_external_data=False).graph.input]
-        calib = encode_texts(texts[: recipe.num_calibration], tokenizer, names, recipe.max_length, pad_id=pad_id)
+        calib = encode_texts(texts[: recipe.num_calibration], tokenizer, names, recipe.max_length, batch_size=1,
+                             pad_id=pad_id)  # unpadded: the mask's -3.4e38 must not enter the calibrated ranges
     final_tmp = tmp_fp32
     if recipe.quantize != "none":
         final_tmp = layout.work / "sparse.int8.onnx"
@@ -229,9 +230,8 @@ def _publish(layout: OutputLayout, model_dir: Path, fp32: Path, final: Path, rec
     if layout.directory is not None:
         layout.directory.mkdir(parents=True, exist_ok=True)
         student = layout.work / "student"
-        for name in os.listdir(student):
-            if not name.endswith(".safetensors"):
-                shutil.copy2(student / name, layout.directory / name)
+        for name in os.listdir(student):  # a checkpoint too: transformers and `sparsejit export` load it
+            shutil.copy2(student / name, layout.directory / name)
     else:
         layout.model.parent.mkdir(parents=True, exist_ok=True)
     if final != fp32:
