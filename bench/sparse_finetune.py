@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quantize", default="dynamic")
     parser.add_argument("--epochs", type=float, default=10.0)
     parser.add_argument("--prune-end-epoch", type=float, default=6.0)
-    parser.add_argument("--dense-learning-rate", type=float, default=5e-5)
+    parser.add_argument("--dense-learning-rate", type=float, default=1e-4)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--batches", default="1,32")

@@ -192,10 +192,11 @@ def finetune_sparse(model_dir: str | os.PathLike, output: str | os.PathLike, tra
                 report.rows.append(ScoreRow(f"one-shot magnitude {recipe.structure}{quant}", recipe.sparsity,
                                             score_onnx(one_final, eval_set, layout.work, num_threads)))
         sparsity = report.sparsity
-        report.rows.append(ScoreRow(f"fine-tuned sparse {recipe.structure}, fp32", sparsity,
+        kind = f"sparse {recipe.structure}" if recipe.sparsity > 0 else "dense"
+        report.rows.append(ScoreRow(f"fine-tuned {kind}, fp32", sparsity,
                                     score_onnx(layout.fp32, eval_set, layout.work, num_threads)))
         if layout.fp32 != layout.model:
-            report.rows.append(ScoreRow(f"fine-tuned sparse {recipe.structure}{quant}", sparsity,
+            report.rows.append(ScoreRow(f"fine-tuned {kind}{quant}", sparsity,
                                         score_onnx(layout.model, eval_set, layout.work, num_threads)))
     if measure_speed and dense_final.exists():
         say("timing the dense and the sparse model with sparsejit")
