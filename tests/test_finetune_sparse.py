@@ -376,3 +376,52 @@ def test_finetune_flags_refuse_one_shot_options(tmp_path: Path) -> None:
     res = runner.invoke(main, ["sparsify", str(model_dir), str(model_dir / "o.onnx"), "--finetune",
                                str(tmp_path / "train.csv")])
     assert res.exit_code == 2 and "outside the model directory" in res.output
+
+
+# ------------------------------------------------------------------------------------ real model, real data
+
+
+@pytest.mark.slow
+def test_sentiment_fine_tuning_recovers_what_one_shot_loses(tmp_path: Path) -> None:
+    """minilm-sentiment pruned 50 % in 4x16 blocks: one epoch on 1,500 training tweets (a short run; the full
+    recipe is bench.sparse_finetune) already recovers much of what one-shot magnitude pruning at the same
+    settings loses; sparsejit's accuracy of the written int8 file equals onnxruntime's on the same 300
+    held-out tweets (± 2)."""
+    model_dir = zoo.shared_dir("minilm-sentiment")
+    train_csv = zoo.SHARED_DIR / "data" / "sentiment-train.csv"
+    if not train_csv.is_file():
+        pytest.skip(f"{train_csv} is absent (../shared/ is not beside this checkout)")
+    with train_csv.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))[:1500]
+    with (model_dir / "eval.csv").open(newline="", encoding="utf-8") as fh:
+        held = list(csv.DictReader(fh))[:300]
+    for name, data in (("train.csv", rows), ("eval.csv", held)):
+        with (tmp_path / name).open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["label", "text"])
+            writer.writeheader()
+            writer.writerows({"label": r["label"], "text": r["text"]} for r in data)
+    recipe = Recipe(sparsity=0.5, structure="4x16", epochs=1.0, prune_end_epoch=0.5, max_length=64,
+                    quantize="dynamic")
+    out = tmp_path / "sparse.onnx"
+    report = finetune_sparse(model_dir, out, tmp_path / "train.csv", recipe, eval_file=tmp_path / "eval.csv",
+                             measure_speed=False, progress=False, say=lambda m: None)
+    scores = {r.model: r.score for r in report.rows}
+    one_shot = scores["one-shot magnitude 4x16 + int8 (dynamic)"]
+    tuned = scores["fine-tuned sparse 4x16 + int8 (dynamic)"]
+    assert scores["dense (teacher), fp32"] > 0.8
+    assert tuned >= 0.7 and tuned >= one_shot + 0.08, scores  # observed (Zen 5): 0.74 vs 0.62
+
+    from sparsejit.tasks.base import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    tok.no_padding()
+    tok.enable_truncation(64)
+    session = ort.InferenceSession(str(out))
+    label2id = {"NEGATIVE": 0, "POSITIVE": 1}
+    hits = 0
+    for r in held:
+        enc = tok.encode(r["text"])
+        feed = {"input_ids": np.array([enc.ids]), "attention_mask": np.ones((1, len(enc.ids)), np.int64),
+                "token_type_ids": np.zeros((1, len(enc.ids)), np.int64)}
+        hits += int(np.argmax(session.run(None, feed)[0][0]) == label2id[r["label"]])
+    assert abs(hits - round(tuned * len(held))) <= 2, (hits, tuned)
