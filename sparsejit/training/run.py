@@ -18,7 +18,7 @@ from sparsejit.sparsify import encode_texts, quantize_onnx, sparsify
 from sparsejit.tasks.base import load_config, load_tokenizer, pad_token_id
 from sparsejit.training.data import Example, build_features, label_list, read_examples, split_examples
 from sparsejit.training.evaluate import METRIC_NAMES, EvalSet, score_onnx, time_engines
-from sparsejit.training.export import export_onnx, save_checkpoint, weight_structure
+from sparsejit.training.export import WeightStructure, export_onnx, save_checkpoint, weight_structure
 from sparsejit.training.metrics import accuracy, entity_f1, feature_logits
 from sparsejit.training.recipe import Recipe, file_sha256, task_of
 from sparsejit.training.report import FinetuneReport, ScoreRow
@@ -139,66 +139,31 @@ def finetune_sparse(model_dir: str | os.PathLike, output: str | os.PathLike, tra
     history = trainer.train()
     train_seconds = time.perf_counter() - t_train
 
-    # ---- export
-    student_dir = save_checkpoint(student, model_dir, layout.work / "student")
-    tmp_fp32 = layout.work / "sparse.fp32.onnx"
-    export_onnx(student_dir, task, tmp_fp32)
-    fp32_names = [w.name for w in weight_structure(tmp_fp32, recipe.structure)]
-    calib = None
+    # ---- export, int8, structure check
+    calibrate = None
     if recipe.quantize == "static":
-        texts = [e.text if task != "token_classification" else " ".join(e.text) for e in examples]
-        import onnx
-
-        names = [i.name for i in onnx.load(str(tmp_fp32), load_external_data=False).graph.input]
-        calib = encode_texts(texts[: recipe.num_calibration], tokenizer, names, recipe.max_length, batch_size=1,
-                             pad_id=pad_id)  # unpadded: the mask's -3.4e38 must not enter the calibrated ranges
-    final_tmp = tmp_fp32
-    if recipe.quantize != "none":
-        final_tmp = layout.work / "sparse.int8.onnx"
-        quantize_onnx(tmp_fp32, final_tmp, recipe.quantize, calib)
-    layers = weight_structure(final_tmp, recipe.structure, fp32_names)
-    bad = [w.name for w in layers if not w.meets(recipe.sparsity)]
-    if recipe.sparsity > 0 and bad:
-        raise RuntimeError(f"exported weights are not {recipe.sparsity:.0%} sparse in {recipe.structure} blocks: {bad}")
-    _publish(layout, model_dir, tmp_fp32, final_tmp, recipe)
+        def calibrate(model: Path) -> Any:
+            return _calibration(recipe, examples, tokenizer, pad_id, model)
+    layers, fp32, final, calib = _export(student, model_dir, recipe, layout.work, calibrate)
+    _publish(layout, fp32, final, recipe)
 
     # ---- report
     report = FinetuneReport(output=layout.model, recipe_path=layout.recipe, task=task,
                             metric_name=METRIC_NAMES[task], recipe=recipe, layers=layers,
                             history=[vars(h) for h in history], train_seconds=train_seconds)
     dense_dir = teacher_dir or model_dir
-    dense_fp32 = layout.work / "dense.fp32.onnx"
-    export_onnx(dense_dir, task, dense_fp32) if task_of(dense_dir) == task else None
-    dense_final = dense_fp32
-    if dense_fp32.exists() and recipe.quantize != "none":
-        dense_final = layout.work / "dense.int8.onnx"
-        quantize_onnx(dense_fp32, dense_final, recipe.quantize, calib)
-    quant = "" if recipe.quantize == "none" else f" + int8 ({recipe.quantize})"
+    dense_fp32 = dense_final = None
+    if task_of(dense_dir) == task:
+        dense_fp32 = dense_final = export_onnx(dense_dir, task, layout.work / "dense.fp32.onnx")
+        if recipe.quantize != "none":
+            dense_final = layout.work / "dense.int8.onnx"
+            quantize_onnx(dense_fp32, dense_final, recipe.quantize, calib)
     if held:
         say("scoring on the held-out data with sparsejit")
-        if dense_fp32.exists():
-            report.rows.append(ScoreRow("dense (teacher), fp32", 0.0,
-                                        score_onnx(dense_fp32, eval_set, layout.work, num_threads)))
-            if dense_final != dense_fp32:
-                report.rows.append(ScoreRow(f"dense{quant}", 0.0, score_onnx(dense_final, eval_set, layout.work,
-                                                                               num_threads)))
-            if oneshot_baseline and recipe.sparsity > 0:
-                one = layout.work / "oneshot.fp32.onnx"
-                sparsify(dense_fp32, one, sparsity=recipe.sparsity, structure=recipe.structure, scope=recipe.scope)
-                one_final = one
-                if recipe.quantize != "none":
-                    one_final = layout.work / "oneshot.int8.onnx"
-                    quantize_onnx(one, one_final, recipe.quantize, calib)
-                report.rows.append(ScoreRow(f"one-shot magnitude {recipe.structure}{quant}", recipe.sparsity,
-                                            score_onnx(one_final, eval_set, layout.work, num_threads)))
-        sparsity = report.sparsity
-        kind = f"sparse {recipe.structure}" if recipe.sparsity > 0 else "dense"
-        report.rows.append(ScoreRow(f"fine-tuned {kind}, fp32", sparsity,
-                                    score_onnx(layout.fp32, eval_set, layout.work, num_threads)))
-        if layout.fp32 != layout.model:
-            report.rows.append(ScoreRow(f"fine-tuned {kind}{quant}", sparsity,
-                                        score_onnx(layout.model, eval_set, layout.work, num_threads)))
-    if measure_speed and dense_final.exists():
+        report.rows = _score_rows(recipe, layout, eval_set, dense_fp32, dense_final, report.sparsity, calib,
+                                  oneshot_baseline, num_threads)
+    quant = "" if recipe.quantize == "none" else f" + int8 ({recipe.quantize})"
+    if measure_speed and dense_final is not None:
         say("timing the dense and the sparse model with sparsejit")
         report.speed = time_engines({"dense": dense_final, "sparse": layout.model}, speed_configs,
                                     num_threads=num_threads, vocab_size=tokenizer.get_vocab_size())
@@ -226,7 +191,64 @@ def _labels(task: str, model_dir: Path, teacher_dir: Path | None, examples: list
     return data_labels if task_of(model_dir) != task else None
 
 
-def _publish(layout: OutputLayout, model_dir: Path, fp32: Path, final: Path, recipe: Recipe) -> None:
+def _calibration(recipe: Recipe, examples: list[Example], tokenizer: Any, pad_id: int, model: Path) -> Any:
+    """Static int8's calibration feeds for `model`'s inputs: the first training texts, one per batch
+    (unpadded: the mask's -3.4e38 must not enter the calibrated ranges)."""
+    import onnx
+
+    texts = [" ".join(e.text) if recipe.task == "token_classification" else e.text for e in examples]
+    names = [i.name for i in onnx.load(str(model), load_external_data=False).graph.input]
+    return encode_texts(texts[: recipe.num_calibration], tokenizer, names, recipe.max_length, batch_size=1,
+                        pad_id=pad_id)
+
+
+def _export(student: Any, model_dir: Path, recipe: Recipe, work: Path,
+            calibrate: Callable[[Path], Any] | None) -> tuple[list[WeightStructure], Path, Path, Any]:
+    """Student -> checkpoint -> ONNX (-> int8); raises if a pruned block is not exactly zero in the result.
+    Returns (per-weight structure of the final file, fp32 file, final file, calibration feeds) in `work`."""
+    student_dir = save_checkpoint(student, model_dir, work / "student")
+    fp32 = export_onnx(student_dir, recipe.task, work / "sparse.fp32.onnx")
+    fp32_names = [w.name for w in weight_structure(fp32, recipe.structure)]
+    calib = calibrate(fp32) if calibrate is not None else None
+    final = fp32
+    if recipe.quantize != "none":
+        final = work / "sparse.int8.onnx"
+        quantize_onnx(fp32, final, recipe.quantize, calib)
+    layers = weight_structure(final, recipe.structure, fp32_names)
+    bad = [w.name for w in layers if not w.meets(recipe.sparsity)]
+    if bad:
+        raise RuntimeError(f"exported weights are not {recipe.sparsity:.0%} sparse in {recipe.structure} blocks: {bad}")
+    return layers, fp32, final, calib
+
+
+def _score_rows(recipe: Recipe, layout: OutputLayout, data: EvalSet, dense_fp32: Path | None,
+                dense_final: Path | None, sparsity: float, calib: Any, oneshot_baseline: bool,
+                num_threads: int | None) -> list[ScoreRow]:
+    """Held-out scores, run by sparsejit: dense (fp32, int8), one-shot at the same settings, the result."""
+    quant = "" if recipe.quantize == "none" else f" + int8 ({recipe.quantize})"
+    rows = []
+    if dense_fp32 is not None and dense_final is not None:
+        rows.append(ScoreRow("dense (teacher), fp32", 0.0, score_onnx(dense_fp32, data, layout.work, num_threads)))
+        if dense_final != dense_fp32:
+            rows.append(ScoreRow(f"dense{quant}", 0.0, score_onnx(dense_final, data, layout.work, num_threads)))
+        if oneshot_baseline and recipe.sparsity > 0:
+            one = one_final = layout.work / "oneshot.fp32.onnx"
+            sparsify(dense_fp32, one, sparsity=recipe.sparsity, structure=recipe.structure, scope=recipe.scope)
+            if recipe.quantize != "none":
+                one_final = layout.work / "oneshot.int8.onnx"
+                quantize_onnx(one, one_final, recipe.quantize, calib)
+            rows.append(ScoreRow(f"one-shot magnitude {recipe.structure}{quant}", recipe.sparsity,
+                                 score_onnx(one_final, data, layout.work, num_threads)))
+    kind = f"sparse {recipe.structure}" if recipe.sparsity > 0 else "dense"
+    rows.append(ScoreRow(f"fine-tuned {kind}, fp32", sparsity, score_onnx(layout.fp32, data, layout.work,
+                                                                          num_threads)))
+    if layout.fp32 != layout.model:
+        rows.append(ScoreRow(f"fine-tuned {kind}{quant}", sparsity, score_onnx(layout.model, data, layout.work,
+                                                                               num_threads)))
+    return rows
+
+
+def _publish(layout: OutputLayout, fp32: Path, final: Path, recipe: Recipe) -> None:
     """Move the finished files into place (rename: never a half-written output) with the recipe beside."""
     if layout.directory is not None:
         layout.directory.mkdir(parents=True, exist_ok=True)
