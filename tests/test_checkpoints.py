@@ -229,18 +229,7 @@ def test_sentence_transformers_checkpoint_pipeline_equals_encode() -> None:
     assert not math.isclose(float(np.abs(got).sum()), 0.0)
 
 
-_WITHOUT_TORCH = r"""
-import sys
-
-
-class _Hidden:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers"):
-            raise ImportError(f"{name} is hidden for this test")
-        return None
-
-
-sys.meta_path.insert(0, _Hidden())
+_WITHOUT_TORCH = zoo.HIDE_TORCH + r"""
 import httpx
 from sparsejit.serve.app import create_app
 from sparsejit.serve.config import EndpointConfig, ServerConfig

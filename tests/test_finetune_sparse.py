@@ -329,18 +329,7 @@ def test_finetune_ner_and_qa_end_to_end(tmp_path: Path, task: str, head: str) ->
 # -------------------------------------------------------------------------------- without the extra
 
 
-_WITHOUT_TORCH = r"""
-import sys
-
-
-class _Hidden:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "transformers"):
-            raise ImportError(f"{name} is hidden for this test")
-        return None
-
-
-sys.meta_path.insert(0, _Hidden())
+_WITHOUT_TORCH = zoo.HIDE_TORCH + r"""
 import sparsejit
 import sparsejit.training
 from sparsejit.serve.cli import main

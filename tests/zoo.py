@@ -34,6 +34,22 @@ OPSET = 17
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 
+# Prepended to a `python -c` script: torch and transformers then fail to import, as on a machine
+# without them (tests that sparsejit runs without its optional training dependencies).
+HIDE_TORCH = '''
+import sys
+
+
+class _Hidden:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            raise ImportError(f"{name} is hidden for this test")
+        return None
+
+
+sys.meta_path.insert(0, _Hidden())
+'''
+
 ARCHS = ("bert-base", "distilbert", "roberta", "albert", "electra", "mpnet")
 EXPORTERS = ("torchscript", "dynamo")
 HEADS = ("base", "sequence_classification", "token_classification", "question_answering")
