@@ -93,7 +93,8 @@ def time_engines(paths: Mapping[str, Path], configs: Sequence[tuple[int, int]], 
     for batch, seq in configs:
         engines = {name: sparsejit.compile(str(p), batch_size=batch, sequence_length=seq, num_threads=num_threads)
                    for name, p in paths.items()}
-        feed = padded_batch([Feature(rng.integers(1000, vocab_size, seq), np.zeros(seq, np.int64), 0)
+        low = 1000 if vocab_size > 2000 else 5  # past the special tokens
+        feed = padded_batch([Feature(rng.integers(low, vocab_size, seq), np.zeros(seq, np.int64), 0)
                              for _ in range(batch)], 0)
         feeds = {name: {k: feed[k] for k in e.input_names} for name, e in engines.items()}
         times: dict[str, list[float]] = {name: [] for name in engines}

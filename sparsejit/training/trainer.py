@@ -76,7 +76,7 @@ def collate(features: Sequence[Feature], task: str, pad_id: int,
     if teacher is not None and indices is not None:
         for key, per_feature in teacher.items():
             rows = [per_feature[i] for i in indices]
-            if rows[0].dim() == 0 or key == "teacher_logits" and task == "text_classification":
+            if task == "text_classification":  # one logit vector per example
                 out[key] = torch.stack(rows)
             else:
                 pad = torch.zeros((n, length, *rows[0].shape[1:]), dtype=rows[0].dtype)
