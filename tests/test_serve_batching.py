@@ -12,7 +12,14 @@ import pytest
 from pydantic import BaseModel, RootModel
 
 from sparsejit.errors import InvalidInputError
-from sparsejit.serve.batching import DynamicBatcher, QueueFullError, RequestTimeoutError
+from sparsejit.serve.batching import (
+    ClientBatchTooLargeError,
+    ConcurrencyLimit,
+    DynamicBatcher,
+    QueueFullError,
+    RequestTimeoutError,
+    TooManyRequestsError,
+)
 from sparsejit.serve.metrics import Metrics
 
 
@@ -169,3 +176,47 @@ def test_stop_finishes_queued_requests() -> None:
         return await asyncio.gather(*futures)
 
     assert [a.root for a in asyncio.run(main())] == [[0], [2], [4], [6]]
+
+
+def test_concurrency_limit_is_shared_and_released() -> None:
+    """`max_concurrent_requests` counts requests queued or running across every endpoint's batcher: the
+    one past it is refused at once (TooManyRequestsError, a QueueFullError: 429 / 503 with Retry-After),
+    and slots come back when requests finish, fail or time out."""
+    runner = FakeRunner()
+    runner.gate.clear()
+
+    async def main() -> tuple[Any, ...]:
+        limit = ConcurrencyLimit(2)
+        a, b = make(runner, limit=limit), make(runner, limit=limit)  # two endpoints, one server
+        a.start()
+        b.start()
+        held = [asyncio.ensure_future(a.submit(Request(inputs=[1]), 5)),
+                asyncio.ensure_future(b.submit(Request(inputs=[2]), 5))]
+        await asyncio.sleep(0.02)
+        with pytest.raises(TooManyRequestsError, match="max_concurrent_requests 2"):
+            await b.submit(Request(inputs=[3]), 5)
+        runner.gate.set()
+        answers = await asyncio.gather(*held)
+        with pytest.raises(InvalidInputError):  # a failing request gives its slot back too
+            await a.submit(Request(inputs=[-1]), 5)
+        after = await a.submit(Request(inputs=[4]), 5)
+        await a.stop(5)
+        await b.stop(5)
+        return answers, after, limit.active
+
+    answers, after, active = asyncio.run(main())
+    assert [x.root for x in answers] == [[2], [4]] and after.root == [8] and active == 0
+    assert issubclass(TooManyRequestsError, QueueFullError)
+
+
+def test_client_batch_size_limit() -> None:
+    async def main() -> Any:
+        batcher = make(FakeRunner(), max_client_batch=3)
+        batcher.start()
+        ok = await batcher.submit(Request(inputs=[1, 2, 3]), 5)
+        with pytest.raises(ClientBatchTooLargeError, match="4 inputs in one request; at most 3"):
+            await batcher.submit(Request(inputs=[1, 2, 3, 4]), 5)
+        await batcher.stop(5)
+        return ok
+
+    assert asyncio.run(main()).root == [2, 4, 6]

@@ -38,7 +38,7 @@ def reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(reranker_dir: Path) -> Iterator[Any]:
-    config = ServerConfig(endpoints=[
+    config = ServerConfig(max_client_batch_size=8, endpoints=[
         EndpointConfig(name="emb", task="embeddings", model=str(minilm_dir()), batch_size=4, sequence_length=[16, 32]),
         EndpointConfig(name="rank", task="text-classification", model=str(reranker_dir), batch_size=4,
                        sequence_length=[32])])
@@ -67,6 +67,15 @@ def test_embed_too_long_is_413_unless_truncated(server: Any) -> None:
         cut = httpx.post(f"{server.url}/embed", json={"inputs": [long_text + "end"], "truncate": True,
                                                        "truncation_direction": direction})
         assert cut.status_code == 200 and len(cut.json()[0]) == 384
+
+
+def test_more_inputs_than_max_client_batch_size_is_413(server: Any) -> None:
+    too_many = httpx.post(f"{server.url}/embed", json={"inputs": ["a text"] * 9})
+    assert too_many.status_code == 413 and too_many.json()["error_type"] == "Validation"
+    assert "9 inputs in one request; at most 8" in too_many.json()["error"]
+    native = httpx.post(f"{server.url}/v2/models/emb/infer", json={"inputs": ["a text"] * 9})
+    assert native.status_code == 413 and "at most 8" in native.json()["detail"]
+    assert httpx.post(f"{server.url}/embed", json={"inputs": ["a text"] * 8}).status_code == 200
 
 
 def test_rerank_equals_the_classification_pipeline(server: Any, reranker_dir: Path) -> None:

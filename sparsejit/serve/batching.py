@@ -23,9 +23,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from sparsejit.errors import InvalidInputError
 from sparsejit.serve.metrics import Metrics
 
-__all__ = ["DynamicBatcher", "PipelineRunner", "QueueFullError", "RequestTimeoutError"]
+__all__ = ["ClientBatchTooLargeError", "ConcurrencyLimit", "DynamicBatcher", "PipelineRunner", "QueueFullError",
+           "RequestTimeoutError", "TooManyRequestsError"]
 
 logger = logging.getLogger("sparsejit.serve")
 
@@ -36,6 +38,32 @@ class QueueFullError(Exception):
 
 class RequestTimeoutError(Exception):
     """The request did not finish within the per-request timeout: answer 504."""
+
+
+class TooManyRequestsError(QueueFullError):
+    """The server already holds ``max_concurrent_requests`` requests: answer 429 (or 503) with Retry-After."""
+
+
+class ClientBatchTooLargeError(InvalidInputError):
+    """One request carries more inputs than ``max_client_batch_size``: answer 413 (400 on OpenAI routes)."""
+
+
+class ConcurrencyLimit:
+    """Requests in flight across every endpoint of a server (queued or running), at most `limit`.
+    Only the event loop touches it, so a plain counter is enough."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def acquire(self) -> None:
+        if self.limit is not None and self.active >= self.limit:
+            raise TooManyRequestsError(f"the server is handling {self.active} requests (max_concurrent_requests "
+                                       f"{self.limit}); retry later")
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
 
 
 @dataclass
@@ -84,8 +112,11 @@ class DynamicBatcher:
     """Queue + collector + worker thread of one endpoint."""
 
     def __init__(self, name: str, runner: PipelineRunner, *, batch_size: int, max_wait_s: float,
-                 max_queue: int, metrics: Metrics, enabled: bool = True) -> None:
+                 max_queue: int, metrics: Metrics, enabled: bool = True, max_client_batch: int | None = None,
+                 limit: ConcurrencyLimit | None = None) -> None:
         self.name = name
+        self.max_client_batch = max_client_batch
+        self.limit = limit or ConcurrencyLimit(None)
         self.runner = runner
         self.batch_size = max(1, batch_size)
         self.max_wait_s = max_wait_s
@@ -123,8 +154,21 @@ class DynamicBatcher:
     # ---- requests ---------------------------------------------------------------------------------
     async def submit(self, request: BaseModel, timeout_s: float) -> BaseModel:
         """Queue ``request`` and wait for its answer. Raises the pipeline's error for bad inputs,
-        :class:`QueueFullError` when the queue is full, :class:`RequestTimeoutError` past the deadline."""
+        :class:`ClientBatchTooLargeError` past ``max_client_batch`` inputs, :class:`QueueFullError` when the
+        queue is full (:class:`TooManyRequestsError` when the server is), :class:`RequestTimeoutError` past
+        the deadline."""
         items, single, options = self.runner.parse(request)
+        if self.max_client_batch is not None and len(items) > self.max_client_batch:
+            raise ClientBatchTooLargeError(f"{len(items)} inputs in one request; at most {self.max_client_batch} "
+                                           "(max_client_batch_size)")
+        self.limit.acquire()
+        try:
+            return await self._queue_and_wait(request, items, single, options, timeout_s)
+        finally:
+            self.limit.release()
+
+    async def _queue_and_wait(self, request: BaseModel, items: list[Any], single: bool, options: dict[str, Any],
+                              timeout_s: float) -> BaseModel:
         future = asyncio.get_running_loop().create_future()
         job = Job(request, items, single, options, future)
         try:

@@ -64,6 +64,11 @@ def main() -> None:
               help="run every request on its own")
 @click.option("--max-queue", type=click.IntRange(min=1), default=None,
               help="queued requests per endpoint before 503 [default: 256]")
+@click.option("--max-concurrent-requests", type=click.IntRange(min=1), default=None,
+              help="requests in flight across all endpoints before 429 (OpenAI, TEI routes) / 503, with "
+                   "Retry-After [default: 512]")
+@click.option("--max-client-batch-size", type=click.IntRange(min=1), default=None,
+              help="inputs accepted in one request (more: 413) [default: 1024]")
 @click.option("--timeout", "request_timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
               help="per-request timeout in seconds (504) [default: 30]")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=None,
@@ -78,8 +83,9 @@ def main() -> None:
 def serve(task: str | None, model_path: str | None, config_file: str | None, name: str | None,
           batch_size: int | None, sequence_length: str | None, num_threads: int | None, host: str | None,
           port: int | None, api_key: str | None, max_wait_ms: float | None, no_batching: bool,
-          max_queue: int | None, request_timeout_s: float | None, max_body_bytes: int | None,
-          log_level: str, task_kwargs: str | None, precision: str | None, allow_partial: bool) -> None:
+          max_queue: int | None, max_concurrent_requests: int | None, max_client_batch_size: int | None,
+          request_timeout_s: float | None, max_body_bytes: int | None, log_level: str, task_kwargs: str | None,
+          precision: str | None, allow_partial: bool) -> None:
     """Serve models over HTTP (FastAPI + uvicorn).
 
     One endpoint from --task / --model-path, several from --config-file; with neither, the default
@@ -97,6 +103,7 @@ def serve(task: str | None, model_path: str | None, config_file: str | None, nam
     server_opts: dict[str, Any] = {
         "host": host, "port": port, "api_key": api_key, "num_threads": num_threads,
         "max_wait_ms": max_wait_ms, "max_queue": max_queue, "request_timeout_s": request_timeout_s,
+        "max_concurrent_requests": max_concurrent_requests, "max_client_batch_size": max_client_batch_size,
         "max_body_bytes": max_body_bytes, "dynamic_batching": False if no_batching else None,
         "allow_partial": True if allow_partial else None,
     }

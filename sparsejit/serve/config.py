@@ -78,6 +78,9 @@ class ServerConfig(BaseModel):
     dynamic_batching: bool = Field(True, description="gather concurrent requests into engine batches")
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for a batch to fill")
     max_queue: int = Field(256, ge=1, description="queued requests per endpoint before 503")
+    max_concurrent_requests: int = Field(512, ge=1, description="requests in flight across all endpoints "
+                                                                "before 429 / 503 with Retry-After")
+    max_client_batch_size: int = Field(1024, ge=1, description="inputs in one request (more: 413)")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 past it)")
     max_body_bytes: int = Field(1 << 20, ge=1, description="larger request bodies get 413")
     graceful_timeout_s: float = Field(30.0, ge=0, description="shutdown waits this long for in-flight work")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sparsejit.errors import SparsejitError
-from sparsejit.serve.batching import DynamicBatcher, PipelineRunner
+from sparsejit.serve.batching import ConcurrencyLimit, DynamicBatcher, PipelineRunner
 from sparsejit.serve.config import EndpointConfig, ServerConfig
 from sparsejit.serve.metrics import Metrics
 
@@ -100,6 +100,7 @@ class ServerState:
     def __post_init__(self) -> None:
         from sparsejit.tasks.registry import get_pipeline_class
 
+        self.concurrency = ConcurrencyLimit(self.config.max_concurrent_requests)
         for endpoint in self.config.endpoints:
             klass = get_pipeline_class(endpoint.task)  # unknown tasks fail now, not after startup
             self.endpoints[endpoint.name] = EndpointState(endpoint, klass)
@@ -145,7 +146,8 @@ class ServerState:
             endpoint.batcher = DynamicBatcher(
                 endpoint.name, PipelineRunner(pipeline), batch_size=pipeline.batch_size,
                 max_wait_s=max_wait / 1000.0, max_queue=self.config.max_queue, metrics=self.metrics,
-                enabled=self.config.dynamic_batching)
+                enabled=self.config.dynamic_batching, max_client_batch=self.config.max_client_batch_size,
+                limit=self.concurrency)
             endpoint.batcher.start()
             endpoint.status = "ready"
             self.metrics.set("endpoint_ready", 1, endpoint=endpoint.name)

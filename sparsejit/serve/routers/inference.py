@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from sparsejit.errors import InvalidInputError, ShapeError
-from sparsejit.serve.batching import QueueFullError, RequestTimeoutError
+from sparsejit.serve.batching import ClientBatchTooLargeError, QueueFullError, RequestTimeoutError
 from sparsejit.serve.deps import State, require_api_key
 from sparsejit.serve.state import EndpointState, ServerState
 
@@ -67,6 +67,8 @@ async def run_inference(endpoint: EndpointState, body: BaseModel, state: ServerS
         return _error(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), retry_after=1)
     except RequestTimeoutError as exc:
         return _error(status.HTTP_504_GATEWAY_TIMEOUT, str(exc))
+    except ClientBatchTooLargeError as exc:
+        return _error(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc))
     except (InvalidInputError, ShapeError) as exc:
         return _error(status.HTTP_400_BAD_REQUEST, str(exc))
     except Exception:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 import sparsejit
 from sparsejit.errors import InvalidInputError, SequenceTooLongError, ShapeError
-from sparsejit.serve.batching import QueueFullError, RequestTimeoutError
+from sparsejit.serve.batching import ClientBatchTooLargeError, QueueFullError, RequestTimeoutError
 from sparsejit.serve.deps import State, require_api_key
 from sparsejit.serve.state import EndpointState, ServerState
 from sparsejit.tasks.sentence_transformers_config import read_prompts
@@ -98,7 +98,7 @@ def _with_prompt(endpoint: EndpointState, texts: list[Any], prompt_name: str | N
 async def _submit(endpoint: EndpointState, request: BaseModel, state: ServerState) -> Any:
     try:
         return await endpoint.batcher.submit(request, state.config.request_timeout_s)  # type: ignore[union-attr]
-    except SequenceTooLongError as exc:
+    except (SequenceTooLongError, ClientBatchTooLargeError) as exc:
         return tei_error(413, str(exc), "Validation")
     except (InvalidInputError, ShapeError) as exc:
         return tei_error(422, str(exc), "Validation")
