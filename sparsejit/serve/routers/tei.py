@@ -69,8 +69,9 @@ class SimpleToken(BaseModel):
     stop: int | None = None
 
 
-def tei_error(status_code: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": kind}, status_code=status_code)
+def tei_error(status_code: int, message: str, kind: str, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse({"error": message, "error_type": kind}, status_code=status_code, headers=headers)
 
 
 def _first(state: ServerState, task: str) -> EndpointState | None:
@@ -103,7 +104,7 @@ async def _submit(endpoint: EndpointState, request: BaseModel, state: ServerStat
     except (InvalidInputError, ShapeError) as exc:
         return tei_error(422, str(exc), "Validation")
     except QueueFullError as exc:
-        return tei_error(status.HTTP_429_TOO_MANY_REQUESTS, str(exc), "Overloaded")
+        return tei_error(status.HTTP_429_TOO_MANY_REQUESTS, str(exc), "Overloaded", retry_after=1)
     except RequestTimeoutError as exc:
         return tei_error(status.HTTP_504_GATEWAY_TIMEOUT, str(exc), "Backend")
 
