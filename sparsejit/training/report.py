@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,12 @@ from sparsejit.training.export import WeightStructure
 from sparsejit.training.recipe import Recipe
 
 __all__ = ["FinetuneReport", "ScoreRow"]
+
+
+def _short(name: str) -> str:
+    """``bert.encoder.layer.0.attention.self.query.weight/transposed_quantized`` -> ``layer.0.attention.self.query``."""
+    name = re.sub(r"\.weight.*$", "", name)
+    return re.sub(r"^.*?\bencoder\.|^.*?\btransformer\.", "", name)
 
 
 @dataclass
@@ -47,9 +54,9 @@ class FinetuneReport:
         from sparsejit.kernels.target import host_target
 
         structure = self.recipe.structure
-        lines = [f"{'weight':<58} {'[K, N]':>11} {'zeros':>6} {structure + ' blocks zero':>16}"]
+        lines = [f"{'weight':<44} {'[K, N]':>11} {'zeros':>6} {structure + ' blocks zero':>16}"]
         for w in self.layers:
-            lines.append(f"{w.name[-58:]:<58} {w.shape[0]:>5}x{w.shape[1]:<5} {w.sparsity:6.3f} "
+            lines.append(f"{_short(w.name)[-44:]:<44} {w.shape[0]:>5}x{w.shape[1]:<5} {w.sparsity:6.3f} "
                          f"{w.block_sparsity:16.3f}")
         lines.append(f"projection weights: {self.sparsity:.3f} of their {structure} blocks entirely zero")
         if self.history:
