@@ -101,13 +101,14 @@ def speed(sparse: Path, dense_fp32: Path, seq: int, batches: tuple[int, ...], se
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     import sparsejit
+    from bench.compare import alternate_blocks
     from bench.peers import ort_session
     from sparsejit.kernels.target import host_target
 
     dense_int8 = Path(tempfile.mkdtemp()) / "dense.int8.onnx"
     quantize_dynamic(str(dense_fp32), str(dense_int8), weight_type=QuantType.QInt8)
     print(f"\n{host_target().cpu}, {threads} threads, seq {seq}, median ms per batch, engines alternating "
-          f"(~{seconds:.0f} s each)")
+          f"in ~1 s blocks, the first run of each block discarded (~{seconds:.0f} s each)")
     print("| batch | onnxruntime dense fp32 | sparsejit dense int8 | sparsejit sparse | vs ort fp32 "
           "| vs sparsejit int8 |")
     print("|---|---|---|---|---|---|")
@@ -121,16 +122,10 @@ def speed(sparse: Path, dense_fp32: Path, seq: int, batches: tuple[int, ...], se
         for key, path in (("dense8", dense_int8), ("sparse", sparse)):
             e = sparsejit.compile(str(path), batch_size=b, sequence_length=seq, num_threads=threads)
             runners[key] = lambda e=e, f={k: feed[k] for k in e.input_names}: e.run(f)
-        times: dict[str, list[float]] = {k: [] for k in runners}
         for r in runners.values():
             r()
-        deadline = time.perf_counter() + seconds * len(runners)
-        while time.perf_counter() < deadline or min(len(t) for t in times.values()) < 5:
-            for k, r in runners.items():
-                t0 = time.perf_counter()
-                r()
-                times[k].append((time.perf_counter() - t0) * 1000)
-        m = {k: statistics.median(v) for k, v in times.items()}
+        times = alternate_blocks(runners, seconds * len(runners))
+        m = {k: statistics.median(v) * 1000 for k, v in times.items()}
         print(f"| {b} | {m['ort']:.2f} | {m['dense8']:.2f} | {m['sparse']:.2f} | {m['ort'] / m['sparse']:.2f}x | "
               f"{m['dense8'] / m['sparse']:.2f}x |")
 
