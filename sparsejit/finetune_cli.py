@@ -60,7 +60,8 @@ def run_finetune(ctx: click.Context, model: str, output: str, train_file: str) -
             soft = d.soft_weight if p["distill_weight"] is None else p["distill_weight"]
             recipe = recipe.replace(distillation=Distillation(1.0 - soft, soft, p["temperature"] or d.temperature))
         recipe.validate()
-        report = finetune_sparse(model_dir, out, train_file, recipe, eval_file=p["eval_file"], teacher=p["teacher"],
+        eval_file = p["eval_file"] or (recipe.eval_file or None)  # a recipe remembers its held-out file
+        report = finetune_sparse(model_dir, out, train_file, recipe, eval_file=eval_file, teacher=p["teacher"],
                                  oneshot_baseline=not p["no_baseline"], measure_speed=not p["no_speed"],
                                  keep_checkpoint=p["keep_checkpoint"], say=lambda m: click.echo(m, err=True))
     except (SparsejitError, ValueError, FileNotFoundError) as exc:

@@ -93,7 +93,10 @@ def finetune_sparse(model_dir: str | os.PathLike, output: str | os.PathLike, tra
     layout = OutputLayout(output)
     task = recipe.task
     teacher_dir = Path(teacher) if teacher else (model_dir if task_of(model_dir) == task else None)
-    recipe = recipe.replace(model=str(model_dir), train_file=str(train_file), train_sha256=file_sha256(train_file),
+    digest = file_sha256(train_file)
+    if recipe.train_sha256 and recipe.train_sha256 != digest:
+        say(f"note: {train_file} is not the training file the recipe was made with (sha256 differs)")
+    recipe = recipe.replace(model=str(model_dir), train_file=str(train_file), train_sha256=digest,
                             eval_file=str(eval_file or ""), teacher=str(teacher_dir or ""))
     if teacher_dir is None and recipe.distillation.soft_weight > 0:
         say(f"no teacher: {model_dir} has no trained {task} head (give --teacher); training on labels only")
