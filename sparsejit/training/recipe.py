@@ -100,6 +100,8 @@ class Recipe:
         data = dataclasses.asdict(self)
         for key in ("quantize", "num_calibration", "eval_file"):
             data.pop(key)
+        for key in ("model", "train_file", "teacher"):  # the same files however the command names them
+            data[key] = os.path.abspath(data[key]) if data[key] else ""
         return data
 
     def to_yaml(self) -> str:

@@ -138,6 +138,8 @@ def finetune_sparse(model_dir: str | os.PathLike, output: str | os.PathLike, tra
                       _torch_metric(task, eval_set), METRIC_NAMES[task], progress)
     if trainer.try_resume():
         say(f"resuming from {layout.work / 'checkpoint.pt'} at step {trainer.step} of {trainer.total_steps}")
+    elif (layout.work / "checkpoint.pt").is_file():
+        say(f"{layout.work / 'checkpoint.pt'} was made with other settings: starting over (it will be replaced)")
     t_train = time.perf_counter()
     history = trainer.train()
     train_seconds = time.perf_counter() - t_train
