@@ -202,10 +202,11 @@ def test_concurrency_limit_is_shared_and_released() -> None:
         after = await a.submit(Request(inputs=[4]), 5)
         await a.stop(5)
         await b.stop(5)
-        return answers, after, limit.active
+        return answers, after, limit.active, b.metrics
 
-    answers, after, active = asyncio.run(main())
+    answers, after, active, metrics = asyncio.run(main())
     assert [x.root for x in answers] == [[2], [4]] and after.root == [8] and active == 0
+    assert metrics.counter("rejected_total", endpoint="fake") == 1
     assert issubclass(TooManyRequestsError, QueueFullError)
 
 
@@ -220,3 +221,21 @@ def test_client_batch_size_limit() -> None:
         return ok
 
     assert asyncio.run(main()).root == [2, 4, 6]
+
+
+def test_metrics_page_is_valid_prometheus_text() -> None:
+    """`/metrics` text, read back by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = Metrics()
+    metrics.record_request("emb", 200, 0.004)
+    metrics.record_request("emb", 429, 0.001)
+    metrics.observe("batch_items", 5, endpoint="emb")
+    metrics.set("endpoint_ready", 1, endpoint="emb")
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render())}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("sparsejit_requests_total", (("code", "200"), ("endpoint", "emb")))] == 1
+    assert samples[("sparsejit_errors_total", (("code", "429"), ("endpoint", "emb")))] == 1
+    assert samples[("sparsejit_request_latency_seconds_count", (("endpoint", "emb"),))] == 2
+    assert samples[("sparsejit_endpoint_ready", (("endpoint", "emb"),))] == 1
+    assert metrics.histogram_counts("batch_items", endpoint="emb")[8] == 1

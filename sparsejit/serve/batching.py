@@ -161,7 +161,11 @@ class DynamicBatcher:
         if self.max_client_batch is not None and len(items) > self.max_client_batch:
             raise ClientBatchTooLargeError(f"{len(items)} inputs in one request; at most {self.max_client_batch} "
                                            "(max_client_batch_size)")
-        self.limit.acquire()
+        try:
+            self.limit.acquire()
+        except TooManyRequestsError:
+            self.metrics.inc("rejected_total", endpoint=self.name)
+            raise
         try:
             return await self._queue_and_wait(request, items, single, options, timeout_s)
         finally:
