@@ -96,7 +96,7 @@ _ARM64_DEBS = ("libc6", "libgcc-s1", "libstdc++6", "python3.11-minimal", "libpyt
                "libtirpc3", "libgssapi-krb5-2", "libkrb5-3", "libk5crypto3", "libkrb5support0", "libcom-err2",
                "libkeyutils1", "libdb5.3", "libgdbm6")
 _ARM64_WHEELS = ("onnx", "safetensors", "ml_dtypes", "tokenizers", "fastapi", "uvicorn", "click", "pydantic",
-                 "pyyaml", "psutil")
+                 "pyyaml", "psutil", "prometheus-client")
 
 
 def aarch64_emulator(base: Path | None = None) -> Emulator:
