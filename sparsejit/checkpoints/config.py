@@ -7,6 +7,7 @@ it; keys that only matter for training (dropout, initializer range, loss `proble
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,11 +67,16 @@ class EncoderConfig:
 
     def default_head(self) -> str:
         """The head the checkpoint was saved with (`architectures` in config.json), else the bare encoder."""
-        for name in self.architectures:
-            for suffix, head in _HEAD_OF_CLASS_SUFFIX.items():
-                if name.endswith(suffix):
-                    return head
-        return "base"
+        return head_of_architectures(self.architectures)
+
+
+def head_of_architectures(architectures: Sequence[str]) -> str:
+    """The head named by config.json's `architectures` (e.g. BertForQuestionAnswering), else "base"."""
+    for name in architectures:
+        for suffix, head in _HEAD_OF_CLASS_SUFFIX.items():
+            if name.endswith(suffix):
+                return head
+    return "base"
 
 
 def _require(raw: dict[str, Any], key: str, kind: type) -> Any:

@@ -15,7 +15,7 @@ import numpy as np
 
 from sparsejit.training.data import Example, Feature
 from sparsejit.training.export import copy_tokenizer_files
-from sparsejit.training.metrics import accuracy, entity_f1, feature_logits, padded_batch
+from sparsejit.training.metrics import feature_logits, padded_batch, task_score
 
 __all__ = ["METRIC_NAMES", "EvalSet", "score_onnx", "time_engines"]
 
@@ -54,10 +54,8 @@ def score_onnx(path: Path, data: EvalSet, work_dir: Path, num_threads: int | Non
     def run(feed: dict[str, np.ndarray]) -> np.ndarray:
         return engine.run({k: feed[k] for k in engine.input_names})[out_name]
 
-    logits = feature_logits(run, data.features, data.pad_id)
-    if data.task == "text_classification":
-        return accuracy(logits, data.features)
-    return entity_f1(logits, data.features, data.examples, data.id2label)
+    return task_score(data.task, feature_logits(run, data.features, data.pad_id), data.features, data.examples,
+                      data.id2label)
 
 
 def _qa_f1(path: Path, data: EvalSet, work_dir: Path, num_threads: int | None) -> float:

@@ -15,14 +15,13 @@ from onnx import numpy_helper
 from sparsejit.checkpoints import CheckpointSource, export_checkpoint
 from sparsejit.graph.sparsity import block_nonzero
 from sparsejit.sparsify import find_prunable, parse_structure
+from sparsejit.training.heads import task_head
 
 __all__ = ["TOKENIZER_FILES", "WeightStructure", "copy_tokenizer_files", "export_onnx", "save_checkpoint",
            "weight_structure"]
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                    "modules.json")
-_HEAD_OF_TASK = {"text_classification": "sequence_classification", "token_classification": "token_classification",
-                 "question_answering": "question_answering"}
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def save_checkpoint(model: object, tokenizer_dir: Path, out_dir: Path) -> Path:
 def export_onnx(checkpoint_dir: Path, task: str, out: Path) -> Path:
     """The checkpoint as ONNX with the task's head (sparsejit's builder: no torch exporter involved)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    return export_checkpoint(CheckpointSource(checkpoint_dir, _HEAD_OF_TASK[task]), out)
+    return export_checkpoint(CheckpointSource(checkpoint_dir, task_head(task)), out)
 
 
 def _int8_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from sparsejit.training.data import IGNORE, Example, Feature
 
-__all__ = ["accuracy", "bio_spans", "entity_f1", "feature_logits", "padded_batch"]
+__all__ = ["accuracy", "bio_spans", "entity_f1", "feature_logits", "padded_batch", "task_score"]
 
 
 def padded_batch(features: Sequence[Feature], pad_id: int) -> dict[str, np.ndarray]:
@@ -73,3 +73,11 @@ def entity_f1(logits: Sequence[np.ndarray], features: Sequence[Feature], example
         return 0.0
     precision, recall = tp / n_pred, tp / n_gold
     return 2 * precision * recall / (precision + recall)
+
+
+def task_score(task: str, logits: Sequence[np.ndarray], features: Sequence[Feature], examples: Sequence[Example],
+               id2label: Mapping[int, str]) -> float:
+    """Accuracy (text classification) or entity F1 (token classification) of per-feature logits."""
+    if task == "text_classification":
+        return accuracy(logits, features)
+    return entity_f1(logits, features, examples, id2label)

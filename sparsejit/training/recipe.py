@@ -17,8 +17,7 @@ __all__ = ["TASKS", "QUANTIZE_MODES", "Distillation", "Recipe", "file_sha256", "
 TASKS = ("text_classification", "token_classification", "question_answering")
 QUANTIZE_MODES = ("none", "dynamic", "static")
 SCHEDULES = ("cubic", "linear")
-_HEAD_SUFFIX = {"text_classification": "ForSequenceClassification",
-                "token_classification": "ForTokenClassification", "question_answering": "ForQuestionAnswering"}
+
 
 
 @dataclass
@@ -144,12 +143,12 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def task_of(model_dir: str | os.PathLike) -> str | None:
     """The task a checkpoint's head was trained for (config.json `architectures`), or None."""
+    from sparsejit.checkpoints.config import head_of_architectures
+    from sparsejit.training.heads import task_head
+
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    for arch in config.get("architectures") or []:
-        for task, suffix in _HEAD_SUFFIX.items():
-            if arch.endswith(suffix):
-                return task
-    return None
+    head = head_of_architectures(config.get("architectures") or [])
+    return next((task for task in TASKS if task_head(task) == head), None)

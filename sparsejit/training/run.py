@@ -19,7 +19,7 @@ from sparsejit.tasks.base import load_config, load_tokenizer, pad_token_id
 from sparsejit.training.data import Example, build_features, label_list, read_examples, split_examples
 from sparsejit.training.evaluate import METRIC_NAMES, EvalSet, score_onnx, time_engines
 from sparsejit.training.export import WeightStructure, export_onnx, save_checkpoint, weight_structure
-from sparsejit.training.metrics import accuracy, entity_f1, feature_logits
+from sparsejit.training.metrics import feature_logits, task_score
 from sparsejit.training.recipe import Recipe, file_sha256, task_of
 from sparsejit.training.report import FinetuneReport, ScoreRow
 from sparsejit.training.trainer import Trainer, model_inputs, teacher_outputs
@@ -71,10 +71,8 @@ def _torch_metric(task: str, data: EvalSet) -> Callable[[torch.nn.Module], float
         def run(feed: dict[str, np.ndarray]) -> np.ndarray:
             return model(**model_inputs(model, {k: torch.from_numpy(v) for k, v in feed.items()})).logits.numpy()
 
-        logits = feature_logits(run, data.features, data.pad_id)
-        if task == "text_classification":
-            return accuracy(logits, data.features)
-        return entity_f1(logits, data.features, data.examples, data.id2label)
+        return task_score(task, feature_logits(run, data.features, data.pad_id), data.features, data.examples,
+                          data.id2label)
 
     return evaluate
 
@@ -92,7 +90,8 @@ def finetune_sparse(model_dir: str | os.PathLike, output: str | os.PathLike, tra
     model_dir = Path(model_dir)
     layout = OutputLayout(output)
     task = recipe.task
-    teacher_dir = Path(teacher) if teacher else (model_dir if task_of(model_dir) == task else None)
+    trained_head = task_of(model_dir) == task  # MODEL's head is already trained for the task
+    teacher_dir = Path(teacher) if teacher else (model_dir if trained_head else None)
     digest = file_sha256(train_file)
     if recipe.train_sha256 and recipe.train_sha256 != digest:
         say(f"note: {train_file} is not the training file the recipe was made with (sha256 differs)")
@@ -116,8 +115,8 @@ def finetune_sparse(model_dir: str | os.PathLike, output: str | os.PathLike, tra
     tokenizer = load_tokenizer(model_dir)
     config = load_config(model_dir)
     pad_id = pad_token_id(tokenizer, config, model_dir / "tokenizer.json")
-    labels = _labels(task, model_dir, teacher_dir, examples)
-    student = _load_model(model_dir, task, labels if task_of(model_dir) != task else None)
+    labels = _labels(task, teacher_dir, examples)  # checked against the teacher's labels
+    student = _load_model(model_dir, task, None if trained_head else labels)
     label2id = {str(k): int(v) for k, v in student.config.label2id.items()}
     id2label = {int(k): str(v) for k, v in student.config.id2label.items()}
     features = build_features(examples, task, tokenizer, label2id, recipe.max_length, recipe.doc_stride)
@@ -180,20 +179,19 @@ def finetune_sparse(model_dir: str | os.PathLike, output: str | os.PathLike, tra
     return report
 
 
-def _labels(task: str, model_dir: Path, teacher_dir: Path | None, examples: list[Example]) -> list[str] | None:
-    """The label list for a fresh head, checked against a trained head's labels when there is one."""
+def _labels(task: str, teacher_dir: Path | None, examples: list[Example]) -> list[str] | None:
+    """The label list of a fresh head (the data's), checked against the teacher's labels when there is one."""
     if task == "question_answering":
         return None
     data_labels = label_list(examples, task)
-    trained = teacher_dir if teacher_dir is not None else (model_dir if task_of(model_dir) == task else None)
-    if trained is None:
+    if teacher_dir is None:
         return data_labels
-    known = {str(v).lower() for v in (load_config(trained).get("id2label") or {}).values()}
+    known = {str(v).lower() for v in (load_config(teacher_dir).get("id2label") or {}).values()}
     unknown = [x for x in data_labels if x.lower() not in known and not x.isdigit()]
     if unknown:
         raise TrainingDataError(f"labels {unknown} of the training data are not among the trained head's labels "
-                                f"{sorted(known)} ({trained / 'config.json'})")
-    return data_labels if task_of(model_dir) != task else None
+                                f"{sorted(known)} ({teacher_dir / 'config.json'})")
+    return data_labels
 
 
 def _calibration(recipe: Recipe, examples: list[Example], tokenizer: Any, pad_id: int, model: Path) -> Any:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from sparsejit.training.data import IGNORE, Feature
 from sparsejit.training.distillation import task_loss
+from sparsejit.training.metrics import padded_batch
 from sparsejit.training.pruning import BlockPruner, target_sparsity
 from sparsejit.training.recipe import Recipe
 
@@ -53,16 +54,8 @@ def collate(features: Sequence[Feature], task: str, pad_id: int,
             teacher: dict[str, list[torch.Tensor]] | None = None, indices: Sequence[int] | None = None
             ) -> dict[str, torch.Tensor]:
     """Pad a batch to its longest feature; add targets and the teacher's logits of these features."""
-    n, length = len(features), max(len(f.input_ids) for f in features)
-    ids = torch.full((n, length), pad_id, dtype=torch.long)
-    types = torch.zeros((n, length), dtype=torch.long)
-    mask = torch.zeros((n, length), dtype=torch.long)
-    for b, f in enumerate(features):
-        k = len(f.input_ids)
-        ids[b, :k] = torch.from_numpy(f.input_ids)
-        types[b, :k] = torch.from_numpy(f.token_type_ids)
-        mask[b, :k] = 1
-    out = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+    out = {k: torch.from_numpy(v) for k, v in padded_batch(features, pad_id).items()}
+    n, length = out["input_ids"].shape
     if task == "text_classification":
         out["labels"] = torch.tensor([f.label for f in features], dtype=torch.long)
     elif task == "token_classification":
