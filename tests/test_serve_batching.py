@@ -44,6 +44,10 @@ class FakeRunner:
     def parse(self, request: Request) -> tuple[list[Any], bool, dict[str, Any]]:
         return list(request.inputs), False, {"scale": request.scale}
 
+    def encode(self, items: list[int], options: dict[str, Any]) -> tuple[list[int], int]:
+        """Each input costs |input| tokens."""
+        return items, sum(abs(x) for x in items)
+
     def run_group(self, jobs: list[Any]) -> list[Answer]:
         self.gate.wait(10)
         time.sleep(self.delay_s)
@@ -73,6 +77,46 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers() -> None:
     assert [a.root for a in answers] == [[2 * i, 2 * (i + 100)] for i in range(16)]
     assert max(len(g) for g in runner.groups) == 8  # 4 requests of 2 items fill a batch of 8
     assert len(runner.groups) == 4
+
+
+def test_a_request_that_would_overflow_the_batch_starts_the_next() -> None:
+    runner = FakeRunner()
+
+    async def main() -> list[Any]:
+        batcher = make(runner)
+        batcher.start()
+        answers = await asyncio.gather(*(batcher.submit(Request(inputs=[n] * n), 5) for n in (3, 4, 2, 5)))
+        await batcher.stop(5)
+        return answers
+
+    asyncio.run(main())
+    assert [len(g) for g in runner.groups] == [7, 7]  # 3+4 (adding 2 would overflow 8), then 2+5
+
+
+def test_token_budget_gathers_requests_by_their_tokens() -> None:
+    """With max_batch_tokens a batch is filled by the requests' padded positions, not their count."""
+    runner = FakeRunner()
+
+    async def main() -> list[Any]:
+        batcher = make(runner, max_batch_tokens=100)
+        batcher.start()
+        runner.gate.clear()
+        plug = asyncio.ensure_future(batcher.submit(Request(inputs=[1]), 5))
+        while not batcher._busy:  # the worker holds the plug
+            await asyncio.sleep(0.005)
+        sizes = [[60], [30], [30], [5, 5], [99], [1], [150]]
+        waiting = [asyncio.ensure_future(batcher.submit(Request(inputs=s), 5)) for s in sizes]
+        while batcher.queue.qsize() < len(sizes):
+            await asyncio.sleep(0.005)
+        runner.gate.set()
+        answers = await asyncio.gather(plug, *waiting)
+        await batcher.stop(5)
+        return answers
+
+    answers = asyncio.run(main())
+    assert [a.root for a in answers[1:]] == [[120], [60], [60], [10, 10], [198], [2], [300]]
+    # 60+30 (a further 30 would make 120); 30+5+5; 99+1; a request over the budget runs alone
+    assert runner.groups == [[1], [60, 30], [30, 5, 5], [99, 1], [150]]
 
 
 def test_different_options_run_as_separate_groups() -> None:

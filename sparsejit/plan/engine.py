@@ -5,17 +5,11 @@ from __future__ import annotations
 import ctypes
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
-from sparsejit.errors import (
-    BatchTooLargeError,
-    InvalidInputError,
-    SequenceTooLongError,
-    ShapeError,
-)
-from sparsejit.graph.ir import Graph, Value
+from sparsejit.errors import InvalidInputError, ShapeError
+from sparsejit.graph.ir import Graph
 from sparsejit.graph.onnx_import import ModelSource, load_onnx
 from sparsejit.graph.pass_context import PassContext
 from sparsejit.graph.passes import optimise
@@ -25,10 +19,17 @@ from sparsejit.kernels.attention import HEAD_MULTIPLE
 from sparsejit.kernels.simd_amx import amx_usable
 from sparsejit.kernels.target import host_target
 from sparsejit.kernels.threading import set_threads, thread_count
+from sparsejit.plan.buckets import (
+    BATCH,
+    SEQ,
+    Bucket,
+    choose_bucket,
+    input_roles,
+    make_buckets,
+    max_batch_for,
+)
 from sparsejit.plan.plan import Plan
 from sparsejit.plan.precision import product_kernels, resolve_precision
-
-BATCH, SEQ = "batch", "sequence"
 
 # Merging an attention's Q/K/V int8 products pays up to this many rows with the AVX-512 VNNI products
 # (BERT-base, Zen 4: -2 to -6 % at 128 rows, +1 to +2 % at 2048) and at every size with AMX ones.
@@ -43,14 +44,6 @@ def pass_context() -> PassContext:
                        int8_fake_quant_epilogue=not amx)  # the AMX kernel's epilogue has no roundings yet
 
 
-@dataclass(frozen=True)
-class Bucket:
-    """One compiled shape: batch size, sequence length (None when inputs have no sequence axis)."""
-
-    batch: int
-    sequence: int | None
-
-
 class Engine:
     """A model compiled to one plan per bucket. Call it with a list of arrays or use `run(dict)`.
 
@@ -58,11 +51,11 @@ class Engine:
     smaller batch with padding rows; outputs are sliced back to the caller's batch and length.
     """
 
-    def __init__(self, model: ModelSource, batch_size: int | None = None,
+    def __init__(self, model: ModelSource, batch_size: int | Sequence[int] | None = None,
                  sequence_length: int | Sequence[int] | None = None, num_threads: int | None = None,
                  input_shapes: Mapping[str, Sequence[int]] | None = None,
                  pad_values: Mapping[str, int | float] | None = None, optimize: bool = True,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", buckets: Sequence[tuple[int, int]] | None = None) -> None:
         self.requested_precision = precision
         precision = resolve_precision(precision, host_target())
         self.optimize = optimize
@@ -92,8 +85,8 @@ class Engine:
             bucket = Bucket(0, None)
             self._plans[bucket] = self._make_plan(shapes)
         else:
-            self._input_roles = _input_roles(graph.inputs)
-            for bucket in _buckets(graph.inputs, self._input_roles, batch_size, sequence_length):
+            self._input_roles = input_roles(graph.inputs)
+            for bucket in make_buckets(graph.inputs, self._input_roles, batch_size, sequence_length, buckets):
                 shapes = self._bucket_shapes(bucket)
                 self._plans[bucket] = self._make_plan(shapes)
         self._output_roles = self._find_output_roles(graph)
@@ -135,16 +128,21 @@ class Engine:
     # ---- description -------------------------------------------------------------------------
     @property
     def buckets(self) -> list[tuple[int, int | None]]:
-        """The compiled (batch, sequence) shapes, smallest sequence first."""
-        return [(b.batch, b.sequence) for b in self._plans]
+        """The compiled (batch, sequence) shapes, smallest sequence first, then smallest batch."""
+        return [(b.batch, b.sequence) for b in sorted(self._plans, key=lambda b: (b.sequence or 0, b.batch))]
 
     @property
     def batch_size(self) -> int:
+        """The largest batch compiled (at any sequence length)."""
         return max(b.batch for b in self._plans)
+
+    def max_batch(self, sequence_length: int | None = None) -> int:
+        """The most rows one call of ``sequence_length`` positions may carry."""
+        return max_batch_for(list(self._plans), sequence_length)
 
     @property
     def sequence_lengths(self) -> list[int]:
-        return [b.sequence for b in self._plans if b.sequence is not None]
+        return sorted({b.sequence for b in self._plans if b.sequence is not None})
 
     def input_shapes(self, bucket: tuple[int, int | None] | None = None) -> dict[str, tuple[int, ...]]:
         plan = self._plan_for(bucket)
@@ -258,21 +256,7 @@ class Engine:
         buckets = list(self._plans)
         if len(buckets) == 1 and buckets[0] == Bucket(0, None):
             return buckets[0]
-        if batch is None:
-            pass
-        elif batch > self.batch_size:
-            raise BatchTooLargeError(f"batch of {batch} is larger than the engine's batch size "
-                                     f"{self.batch_size}: split it, or compile with batch_size={batch}")
-        elif batch < 1:
-            raise InvalidInputError("empty batch: give at least one row")
-        if seq is None:
-            return buckets[0]
-        fitting = [b for b in buckets if b.sequence is not None and b.sequence >= seq]
-        if not fitting:
-            raise SequenceTooLongError(f"sequence length {seq} exceeds the largest bucket "
-                                       f"{max(self.sequence_lengths)}: truncate the input or compile "
-                                       f"with a larger sequence_length")
-        return min(fitting, key=lambda b: b.sequence)
+        return choose_bucket(buckets, batch, seq)
 
     def _fill_input(self, buffer: np.ndarray, arr: np.ndarray, name: str) -> None:
         if buffer.shape == arr.shape:
@@ -335,47 +319,6 @@ class Engine:
         return roles
 
 
-def _input_roles(inputs: list[Value]) -> dict[str, tuple[str | None, ...]]:
-    """Axis 0 is the batch axis and axis 1 the sequence axis when the model leaves them dynamic."""
-    roles = {}
-    for v in inputs:
-        if v.shape is None:
-            raise ShapeError(f"model input {v.name!r} has no declared rank; pass input_shapes=")
-        axis_roles: list[str | None] = []
-        for axis, dim in enumerate(v.shape):
-            if isinstance(dim, int):
-                axis_roles.append(None)
-            elif axis == 0:
-                axis_roles.append(BATCH)
-            elif axis == 1:
-                axis_roles.append(SEQ)
-            else:
-                raise ShapeError(f"input {v.name!r} has a dynamic axis {axis} ({dim!r}) that is neither "
-                                 f"batch nor sequence; pass input_shapes=")
-        roles[v.name] = tuple(axis_roles)
-    return roles
-
-
-def _buckets(inputs: list[Value], roles, batch_size, sequence_length) -> list[Bucket]:
-    fixed_batch = {v.shape[0] for v in inputs if v.shape and isinstance(v.shape[0], int) and len(v.shape) > 0}
-    has_batch = any(BATCH in r for r in roles.values())
-    has_seq = any(SEQ in r for r in roles.values())
-    if batch_size is None:
-        batch_size = next(iter(fixed_batch)) if (fixed_batch and not has_batch) else 1
-    if int(batch_size) < 1:
-        raise ShapeError(f"batch_size must be ≥ 1, got {batch_size}")
-    if not has_seq:
-        return [Bucket(int(batch_size), None)]
-    if sequence_length is None:
-        sequence_length = [128]
-    elif isinstance(sequence_length, int | np.integer):
-        sequence_length = [int(sequence_length)]
-    lengths = sorted({int(s) for s in sequence_length})
-    if not lengths or lengths[0] < 1:
-        raise ShapeError(f"sequence lengths must be ≥ 1, got {sequence_length}")
-    return [Bucket(int(batch_size), s) for s in lengths]
-
-
 def return_freed_memory() -> None:
     """Give freed heap memory back to the OS (glibc's `malloc_trim`): the weights released above were
     allocated on the heap, which glibc otherwise keeps, so the process would stay as large as at its
@@ -390,15 +333,17 @@ def return_freed_memory() -> None:
     trim(0)
 
 
-def compile(model: ModelSource, batch_size: int | None = None,
+def compile(model: ModelSource, batch_size: int | Sequence[int] | None = None,
             sequence_length: int | Sequence[int] | None = None, num_threads: int | None = None,
             input_shapes: Mapping[str, Sequence[int]] | None = None,
             pad_values: Mapping[str, int | float] | None = None, optimize: bool = True,
-            precision: str = "fp32") -> Engine:
+            precision: str = "fp32", buckets: Sequence[tuple[int, int]] | None = None) -> Engine:
     """Compile an ONNX model (path, bytes or ModelProto) into an `Engine`.
 
     `sequence_length` may be a list: one plan is compiled per length, all sharing one copy of the
-    weights, and each call runs in the smallest bucket that fits. `input_shapes` instead fixes every
+    weights, and each call runs in the smallest bucket that fits. `batch_size` may be a list too (every
+    batch size with every length); `buckets=[(batch, sequence), ...]` names the pairs instead (see
+    `sparsejit.plan.buckets.token_budget_buckets` for a token budget's pairs). `input_shapes` instead fixes every
     input's shape exactly (for models that are not batch × sequence shaped). `optimize=False`
     skips the fusion passes (one kernel per ONNX node; for debugging). `precision="bf16"` rounds the
     constant fp32 matrix-product weights to bf16 (run by AVX512-BF16 kernels, float32 accumulation;
@@ -408,4 +353,4 @@ def compile(model: ModelSource, batch_size: int | None = None,
     checkpoint directory (config.json + safetensors; see `sparsejit.checkpoints`).
     """
     return Engine(model, batch_size, sequence_length, num_threads, input_shapes, pad_values, optimize,
-                  precision)
+                  precision, buckets)

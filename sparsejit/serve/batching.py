@@ -1,10 +1,13 @@
 """Dynamic batching: concurrent requests to one endpoint are gathered into engine batches.
 
-Each endpoint has a bounded asyncio queue and one collector task. The collector takes the first waiting
-request, then keeps taking requests until their inputs fill the engine's batch size or ``max_wait`` has
-passed since the first one arrived, and hands the batch to the endpoint's single worker thread (the event
-loop never runs inference). Requests in a batch with the same task options are merged into one pipeline
-call, so their rows share engine batches; the results are split back per request.
+Each request is tokenised as it arrives (in a tokenizer thread, so the event loop never tokenises and
+tokenising overlaps inference) and queued in the endpoint's bounded asyncio queue with its size: its
+inputs, or with a token budget (``max_batch_tokens``) its rows' padded positions. One collector task
+takes the first waiting request, then keeps taking requests while they fit the batch (the engine's batch
+size, or the token budget) until ``max_wait`` has passed since the first one arrived; a request that
+would overflow the batch starts the next one. The batch goes to the endpoint's single worker thread (the
+event loop never runs inference). Requests in a batch with the same task options are merged into one
+pipeline call, so their rows share engine batches; the results are split back per request.
 
 A request whose inputs are unusable must not fail its neighbours: when a merged call raises, each of its
 requests is run again alone and only the offending one gets the error.
@@ -75,6 +78,8 @@ class Job:
     single: bool
     options: dict[str, Any]
     future: asyncio.Future
+    encoded: list[Any] = field(default_factory=list)  # the pipeline's Encoded items
+    tokens: int = 0  # padded positions of its rows
     key: str = ""
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -92,14 +97,19 @@ class PipelineRunner:
         """Split a request into (items, single, options): ``Pipeline.parse``, as ``Pipeline.__call__``."""
         return self.pipeline.parse(request)
 
+    def encode(self, items: list[Any], options: dict[str, Any]) -> tuple[list[Any], int]:
+        """Tokenised items and their padded positions (``Pipeline.encode_items``)."""
+        encoded = self.pipeline.encode_items(items, options) if items else []
+        return encoded, sum(self.pipeline.padded_tokens(e) for e in encoded)
+
     def run_group(self, jobs: Sequence[Job]) -> list[BaseModel]:
-        """Answers for ``jobs`` (all with the same options), computed in one pipeline call."""
+        """Answers for ``jobs`` (all with the same options, tokenised), computed in one pipeline call."""
         from sparsejit.tasks.base import to_jsonable
 
         pipe = self.pipeline
         if any(not job.items for job in jobs):
             return [pipe.run(job.request) for job in jobs]
-        results = pipe.run_items([item for job in jobs for item in job.items], jobs[0].options)
+        results = pipe.run_encoded([e for job in jobs for e in job.encoded], jobs[0].options)
         answers, start = [], 0
         for job in jobs:
             mine = results[start:start + len(job.items)]
@@ -113,8 +123,9 @@ class DynamicBatcher:
 
     def __init__(self, name: str, runner: PipelineRunner, *, batch_size: int, max_wait_s: float,
                  max_queue: int, metrics: Metrics, enabled: bool = True, max_client_batch: int | None = None,
-                 limit: ConcurrencyLimit | None = None) -> None:
+                 limit: ConcurrencyLimit | None = None, max_batch_tokens: int | None = None) -> None:
         self.name = name
+        self.max_batch_tokens = max_batch_tokens
         self.max_client_batch = max_client_batch
         self.limit = limit or ConcurrencyLimit(None)
         self.runner = runner
@@ -124,7 +135,9 @@ class DynamicBatcher:
         self.metrics = metrics
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=max_queue)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sparsejit-{name}")
+        self.tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sparsejit-{name}-tok")
         self._collector: asyncio.Task | None = None
+        self._carry: Job | None = None  # taken from the queue but left for the next batch
         self._busy = 0
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -136,7 +149,7 @@ class DynamicBatcher:
     async def stop(self, timeout_s: float) -> None:
         """Finish what is queued and running (up to ``timeout_s``), then stop the worker."""
         deadline = time.monotonic() + timeout_s
-        while (not self.queue.empty() or self._busy) and time.monotonic() < deadline:
+        while (not self.queue.empty() or self._carry is not None or self._busy) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         if self._collector is not None:
             self._collector.cancel()
@@ -145,11 +158,15 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
             self._collector = None
+        waiting = [self._carry] if self._carry is not None else []
+        self._carry = None
         while not self.queue.empty():  # past the deadline: tell the waiting requests
-            job = self.queue.get_nowait()
+            waiting.append(self.queue.get_nowait())
+        for job in waiting:
             if not job.future.done():
                 job.future.set_exception(QueueFullError("server is shutting down"))
         self.executor.shutdown(wait=True, cancel_futures=True)
+        self.tokenizer_executor.shutdown(wait=True, cancel_futures=True)
 
     # ---- requests ---------------------------------------------------------------------------------
     async def submit(self, request: BaseModel, timeout_s: float) -> BaseModel:
@@ -173,8 +190,10 @@ class DynamicBatcher:
 
     async def _queue_and_wait(self, request: BaseModel, items: list[Any], single: bool, options: dict[str, Any],
                               timeout_s: float) -> BaseModel:
-        future = asyncio.get_running_loop().create_future()
-        job = Job(request, items, single, options, future)
+        loop = asyncio.get_running_loop()
+        encoded, tokens = await loop.run_in_executor(self.tokenizer_executor, self.runner.encode, items, options)
+        job = Job(request, items, single, options, loop.create_future(), encoded, tokens)
+        future = job.future
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -189,14 +208,24 @@ class DynamicBatcher:
             raise RequestTimeoutError(f"request did not finish within {timeout_s:g} s") from None
 
     # ---- collector --------------------------------------------------------------------------------
+    def _size(self, job: Job) -> int:
+        return job.tokens if self.max_batch_tokens is not None else len(job.items)
+
+    async def _next_job(self) -> Job:
+        if self._carry is not None:
+            job, self._carry = self._carry, None
+            return job
+        return await self.queue.get()
+
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
+        limit = self.max_batch_tokens if self.max_batch_tokens is not None else self.batch_size
         while True:
-            batch = [await self.queue.get()]
-            items = len(batch[0].items)
+            batch = [await self._next_job()]
+            size = self._size(batch[0])
             if self.enabled:
                 deadline = batch[0].enqueued + self.max_wait_s
-                while items < self.batch_size:
+                while size < limit:
                     try:
                         job = self.queue.get_nowait()
                     except asyncio.QueueEmpty:
@@ -207,8 +236,11 @@ class DynamicBatcher:
                             job = await asyncio.wait_for(self.queue.get(), remaining)
                         except TimeoutError:
                             break
+                    if size + self._size(job) > limit:
+                        self._carry = job  # it starts the next batch
+                        break
                     batch.append(job)
-                    items += len(job.items)
+                    size += self._size(job)
             self.metrics.set("queue_depth", self.queue.qsize(), endpoint=self.name)
             batch = [job for job in batch if not job.future.done()]  # timed out while waiting
             if not batch:
@@ -236,6 +268,7 @@ class DynamicBatcher:
         start = time.perf_counter()
         self.metrics.observe("batch_size", len(batch), endpoint=self.name)
         self.metrics.observe("batch_items", sum(len(j.items) for j in batch), endpoint=self.name)
+        self.metrics.observe("batch_tokens", sum(j.tokens for j in batch), endpoint=self.name)
         groups: dict[str, list[int]] = {}
         for i, job in enumerate(batch):
             groups.setdefault(job.key, []).append(i)

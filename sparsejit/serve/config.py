@@ -56,6 +56,7 @@ class EndpointConfig(BaseModel):
         "fp32", description="precision of the float matrix products (auto: bf16 where this CPU runs it clearly faster)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="task options for the pipeline")
     max_wait_ms: float | None = Field(None, ge=0, description="override of the server's max_wait_ms")
+    max_batch_tokens: int | None = Field(None, ge=2, description="override of the server's max_batch_tokens")
 
     @field_validator("sequence_length")
     @classmethod
@@ -77,6 +78,9 @@ class ServerConfig(BaseModel):
     num_threads: int | None = Field(None, ge=1, description="default kernel threads of every endpoint")
     dynamic_batching: bool = Field(True, description="gather concurrent requests into engine batches")
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for a batch to fill")
+    max_batch_tokens: int | None = Field(
+        None, ge=2, description="batch by a token budget instead of batch_size: an engine batch holds as many "
+                                "rows as fit this many padded positions (many short texts or few long ones)")
     max_queue: int = Field(256, ge=1, description="queued requests per endpoint before 503")
     max_concurrent_requests: int = Field(512, ge=1, description="requests in flight across all endpoints "
                                                                 "before 429 / 503 with Retry-After")

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "Metrics"]
+__all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "TOKEN_BUCKETS", "Metrics"]
 
 #: request latency buckets, seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: batch-size buckets (requests or items gathered into one engine batch).
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+#: padded-token buckets of one dynamic batch.
+TOKEN_BUCKETS = (64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 _ENDPOINT = ("endpoint",)
 _ENDPOINT_CODE = ("endpoint", "code")
@@ -37,6 +39,8 @@ class Metrics:
         self._declare(Histogram, "batch_size", "Requests gathered into one dynamic batch", _ENDPOINT, BATCH_BUCKETS)
         self._declare(Histogram, "batch_items", "Inputs (texts, questions) run in one dynamic batch", _ENDPOINT,
                       BATCH_BUCKETS)
+        self._declare(Histogram, "batch_tokens", "Padded positions (rows at their bucket lengths) run in one "
+                      "dynamic batch", _ENDPOINT, TOKEN_BUCKETS)
         self._declare(Histogram, "inference_seconds", "Pipeline time of one dynamic batch, seconds", _ENDPOINT,
                       LATENCY_BUCKETS)
         self._declare(Gauge, "queue_depth", "Requests waiting for a batch, by endpoint", _ENDPOINT)

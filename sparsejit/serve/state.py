@@ -33,7 +33,8 @@ def build_pipeline(endpoint: EndpointConfig, server: ServerConfig) -> Any:
     return Pipeline.create(endpoint.task, endpoint.model, batch_size=endpoint.batch_size,
                            sequence_length=endpoint.sequence_length,
                            num_threads=endpoint.num_threads or server.num_threads,
-                           precision=endpoint.precision, **endpoint.kwargs)
+                           precision=endpoint.precision,
+                           max_batch_tokens=endpoint.max_batch_tokens or server.max_batch_tokens, **endpoint.kwargs)
 
 
 @dataclass
@@ -147,7 +148,7 @@ class ServerState:
                 endpoint.name, PipelineRunner(pipeline), batch_size=pipeline.batch_size,
                 max_wait_s=max_wait / 1000.0, max_queue=self.config.max_queue, metrics=self.metrics,
                 enabled=self.config.dynamic_batching, max_client_batch=self.config.max_client_batch_size,
-                limit=self.concurrency)
+                limit=self.concurrency, max_batch_tokens=getattr(pipeline, "max_batch_tokens", None))
             endpoint.batcher.start()
             endpoint.status = "ready"
             self.metrics.set("endpoint_ready", 1, endpoint=endpoint.name)

@@ -170,7 +170,8 @@ class Pipeline:
 
     def __init__(self, model_path: str | os.PathLike | ModelFiles | None = None, *, batch_size: int = 1,
                  sequence_length: int | Sequence[int] = 128, num_threads: int | None = None,
-                 precision: str = "fp32", **task_kwargs: Any) -> None:
+                 precision: str = "fp32", max_batch_tokens: int | None = None, **task_kwargs: Any) -> None:
+        from sparsejit.plan.buckets import token_budget_buckets
         from sparsejit.plan.engine import compile as compile_engine
 
         if model_path is None:
@@ -196,10 +197,13 @@ class Pipeline:
         self._init_params = dict(task_kwargs)
         # Validate task options before the (slow) compile.
         self._params = self._checked_sanitize(task_kwargs)
+        self.max_batch_tokens = max_batch_tokens
+        shapes: dict[str, Any] = {"batch_size": batch_size, "sequence_length": self.sequence_lengths}
+        if max_batch_tokens is not None:  # checked before the compile
+            shapes = {"buckets": token_budget_buckets(self.sequence_lengths, max_batch_tokens)}
         model = self._prepare_model(self.files)
-        self.engine = compile_engine(model, batch_size=batch_size, sequence_length=self.sequence_lengths,
-                                     num_threads=num_threads, pad_values=self._pad_values(model),
-                                     precision=precision)
+        self.engine = compile_engine(model, num_threads=num_threads, pad_values=self._pad_values(model),
+                                     precision=precision, **shapes)
         missing = [n for n in self.engine.input_names if n not in _KNOWN_INPUTS]
         if missing:
             raise ModelLoadError(f"model inputs {missing} cannot be filled from a tokenizer; a pipeline "
@@ -211,19 +215,22 @@ class Pipeline:
     @classmethod
     def create(cls, task: str, model_path: str | os.PathLike | ModelFiles | None = None, batch_size: int = 1,
                sequence_length: int | Sequence[int] = 128, num_threads: int | None = None,
-               precision: str = "fp32", **task_kwargs: Any) -> Pipeline:
+               precision: str = "fp32", max_batch_tokens: int | None = None, **task_kwargs: Any) -> Pipeline:
         """Build the pipeline registered for ``task`` (aliases, any case, ``-``/``_`` interchangeable).
 
         ``model_path``: a directory with model.onnx, tokenizer.json, config.json, or an .onnx file beside
         them; None uses the task's default model when it has one. ``sequence_length`` may be a list of
         buckets: one plan per length sharing the weights; each batch runs in the smallest that fits.
         ``precision="bf16"`` runs the matrix-product weights in bf16 (see `sparsejit.compile`).
+        ``max_batch_tokens`` replaces ``batch_size`` by a token budget: an engine batch holds as many rows
+        as fit ``max_batch_tokens`` padded positions (many short rows or few long ones).
         """
         from sparsejit.tasks.registry import get_pipeline_class
 
         klass = get_pipeline_class(task)
         return klass(model_path, batch_size=batch_size, sequence_length=sequence_length,
-                     num_threads=num_threads, precision=precision, **task_kwargs)
+                     num_threads=num_threads, precision=precision, max_batch_tokens=max_batch_tokens,
+                     **task_kwargs)
 
     def _prepare_model(self, files: ModelFiles) -> Any:
         """The model handed to the compiler (a path or ModelProto). Override to cut or edit the graph."""
@@ -304,10 +311,25 @@ class Pipeline:
         options may be run together and their results split back in order."""
         if not items:
             return []
-        pre, fwd, post = self._call_params(options)
-        encoded = self.preprocess(items, **pre)
+        return self.run_encoded(self.encode_items(items, options), options)
+
+    def encode_items(self, items: list[Any], options: Mapping[str, Any]) -> list[Encoded]:
+        """The first step of `run_items`: tokenise ``items`` with a call's options (the server does this
+        before queueing, so it knows each request's tokens)."""
+        pre, _, _ = self._call_params(options)
+        return self.preprocess(items, **pre)
+
+    def run_encoded(self, encoded: list[Encoded], options: Mapping[str, Any]) -> list[Any]:
+        """The rest of `run_items`: forward and postprocess tokenised items (of calls with equal options)."""
+        if not encoded:
+            return []
+        _, fwd, post = self._call_params(options)
         outputs = self.forward(encoded, **fwd)
         return [self.postprocess(enc, out, **post) for enc, out in zip(encoded, outputs, strict=True)]
+
+    def padded_tokens(self, encoded: Encoded) -> int:
+        """Positions one tokenised item occupies in engine batches (its rows at their bucket lengths)."""
+        return sum(self.bucket_length(len(row["input_ids"])) for row in encoded.rows)
 
     def format(self, results: list[Any], single: bool) -> Any:
         """The value a call returns for its `results` (one of them when the call gave one input)."""
@@ -403,26 +425,45 @@ class Pipeline:
         }
 
     def forward(self, encoded: list[Encoded], **kwargs: Any) -> list[list[dict[str, np.ndarray]]]:
-        """Run every row through the engine: rows sorted by length, chunked to the engine batch size,
-        padded to the chunk's longest row (the engine then pads to the bucket). Returns, per item, per
-        row, each output's row — sequence outputs have the chunk's padded length, not the row's."""
+        """Run every row through the engine in the batches `chunk_rows` forms, each padded to its longest
+        row (the engine then pads to the bucket). Returns, per item, per row, each output's row —
+        sequence outputs have the chunk's padded length, not the row's."""
         flat = [(i, j, row) for i, enc in enumerate(encoded) for j, row in enumerate(enc.rows)]
-        order = sorted(range(len(flat)), key=lambda k: len(flat[k][2]["input_ids"]))
         results: list[list[dict[str, np.ndarray]]] = [[{} for _ in enc.rows] for enc in encoded]
-        for start in range(0, len(order), self.batch_size):
-            chunk = [flat[k] for k in order[start:start + self.batch_size]]
-            out = self.run_batch([row for _, _, row in chunk])
-            for b, (i, j, _) in enumerate(chunk):
+        for chunk in self.chunk_rows([len(row["input_ids"]) for _, _, row in flat]):
+            out = self.run_batch([flat[k][2] for k in chunk])
+            for b, k in enumerate(chunk):
+                i, j, _ = flat[k]
                 results[i][j] = {name: arr[b] for name, arr in out.items()}
         return results
 
+    def bucket_length(self, tokens: int) -> int:
+        """The sequence bucket a row of ``tokens`` tokens runs in (its padded length)."""
+        return next((s for s in self.sequence_lengths if s >= tokens), self.max_length)
+
+    def chunk_rows(self, lengths: Sequence[int], by_bucket: bool = False) -> list[list[int]]:
+        """Row indices grouped into engine batches: sorted by length, each batch at most the rows the
+        engine takes at its longest row's bucket. A batch spans two sequence buckets only when the engine
+        has one batch size (a call costs its full batch there) and ``by_bucket`` is off."""
+        split = by_bucket or len({b for b, _ in self.engine.buckets}) > 1
+        chunks: list[list[int]] = []
+        for k in sorted(range(len(lengths)), key=lambda k: lengths[k]):
+            bucket = self.bucket_length(lengths[k])
+            if (chunks and len(chunks[-1]) < self.engine.max_batch(bucket)
+                    and (not split or self.bucket_length(lengths[chunks[-1][0]]) == bucket)):
+                chunks[-1].append(k)
+            else:
+                chunks.append([k])
+        return chunks
+
     def run_batch(self, rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Pad ``rows`` (at most ``batch_size`` of them) into one batch and run the engine on it."""
-        if len(rows) > self.batch_size:
-            raise InvalidInputError(f"{len(rows)} rows exceed the batch size {self.batch_size}")
+        """Pad ``rows`` (at most the engine's batch at their length) into one batch and run the engine."""
         length = max(len(r["input_ids"]) for r in rows)
         if length > self.max_length:
             raise InvalidInputError(f"row of {length} tokens exceeds the largest bucket {self.max_length}")
+        if len(rows) > self.engine.max_batch(length):
+            raise InvalidInputError(f"{len(rows)} rows exceed the batch size {self.engine.max_batch(length)} "
+                                    f"at {length} tokens")
         feed = {}
         for name in self.engine.input_names:
             if name == "position_ids":

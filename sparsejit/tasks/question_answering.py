@@ -393,15 +393,8 @@ class QuestionAnsweringPipeline(Pipeline):
         that holds it (windows are grouped by bucket, then chunked)."""
         flat = [(i, j, row) for i, enc in enumerate(encoded) for j, row in enumerate(enc.rows)]
         lengths = [len(row["input_ids"]) for _, _, row in flat]
-        bucket = [next(b for b in self.sequence_lengths if b >= n) for n in lengths]
-        order = sorted(range(len(flat)), key=lambda k: (bucket[k], lengths[k]))
         results: list[list[dict[str, np.ndarray]]] = [[{} for _ in enc.rows] for enc in encoded]
-        chunks: list[list[int]] = []
-        for k in order:
-            if chunks and len(chunks[-1]) < self.batch_size and bucket[chunks[-1][0]] == bucket[k]:
-                chunks[-1].append(k)
-            else:
-                chunks.append([k])
+        chunks = self.chunk_rows(lengths, by_bucket=True)
         for chunk in chunks:
             out = self.run_batch([flat[k][2] for k in chunk])
             for b, k in enumerate(chunk):

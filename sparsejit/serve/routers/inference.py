@@ -68,7 +68,7 @@ async def run_inference(endpoint: EndpointState, body: BaseModel, state: ServerS
     except RequestTimeoutError as exc:
         return _error(status.HTTP_504_GATEWAY_TIMEOUT, str(exc))
     except ClientBatchTooLargeError as exc:
-        return _error(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc))
+        return _error(413, str(exc))
     except (InvalidInputError, ShapeError) as exc:
         return _error(status.HTTP_400_BAD_REQUEST, str(exc))
     except Exception:

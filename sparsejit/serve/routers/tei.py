@@ -196,7 +196,13 @@ def info(state: State) -> dict[str, Any]:
     max_length = pipeline.max_length if pipeline is not None else None
     return {"model_id": endpoint.config.model or endpoint.name, "model_sha": None,
             "model_dtype": pipeline.engine.precision if pipeline is not None else None, "model_type": model_type,
-            "max_concurrent_requests": state.config.max_queue, "max_input_length": max_length,
-            "max_batch_tokens": (max_length or 0) * endpoint.config.batch_size,
-            "max_client_batch_size": endpoint.config.batch_size, "auto_truncate": False,
+            "max_concurrent_requests": state.config.max_concurrent_requests, "max_input_length": max_length,
+            "max_batch_tokens": _batch_tokens(endpoint, state, max_length),
+            "max_client_batch_size": state.config.max_client_batch_size, "auto_truncate": False,
             "tokenization_workers": 1, "version": sparsejit.__version__, "sha": None, "docker_label": None}
+
+
+def _batch_tokens(endpoint: EndpointState, state: ServerState, max_length: int | None) -> int:
+    """The token budget of one engine batch: the configured one, else batch size × the longest bucket."""
+    budget = endpoint.config.max_batch_tokens or state.config.max_batch_tokens
+    return budget if budget is not None else (max_length or 0) * endpoint.config.batch_size
