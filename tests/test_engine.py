@@ -115,6 +115,41 @@ def test_bad_inputs_raise_typed_errors(engine, bad, error) -> None:
     assert str(info.value)
 
 
+def test_several_batch_sizes_run_each_call_in_the_smallest_fitting_bucket(toy_path) -> None:
+    engine = sparsejit.compile(toy_path, batch_size=[1, 4], sequence_length=[8, 32])
+    assert engine.buckets == [(1, 8), (4, 8), (1, 32), (4, 32)]
+    assert engine.sequence_lengths == [8, 32] and engine.batch_size == 4
+    chosen = []
+    original = engine._choose_bucket
+    engine._choose_bucket = lambda b, s: chosen.append(original(b, s)) or chosen[-1]
+    session = ort.InferenceSession(str(toy_path))
+    for batch, seq in [(1, 3), (2, 8), (1, 20), (4, 32)]:
+        feed = _feed(batch, seq)
+        np.testing.assert_allclose(engine.run(feed)["out"], session.run(None, feed)[0], atol=1e-5, rtol=1e-5)
+    assert [(b.batch, b.sequence) for b in chosen] == [(1, 8), (4, 8), (1, 32), (4, 32)]
+
+
+def test_explicit_buckets_and_token_budget_buckets(toy_path) -> None:
+    from sparsejit.errors import ShapeError
+    from sparsejit.plan.buckets import token_budget_buckets
+
+    assert token_budget_buckets([8, 32], 96) == [(1, 8), (2, 8), (4, 8), (8, 8), (12, 8), (1, 32), (2, 32),
+                                                  (3, 32)]
+    with pytest.raises(InvalidInputError, match="smaller than the sequence length 32"):
+        token_budget_buckets([8, 32], 31)
+    engine = sparsejit.compile(toy_path, buckets=[(6, 8), (2, 32)])
+    assert engine.buckets == [(6, 8), (2, 32)]
+    assert engine.max_batch(5) == 6 and engine.max_batch(9) == 2
+    session = ort.InferenceSession(str(toy_path))
+    for batch, seq in [(6, 8), (2, 30)]:
+        feed = _feed(batch, seq)
+        np.testing.assert_allclose(engine.run(feed)["out"], session.run(None, feed)[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(BatchTooLargeError, match="batch size 2 at sequence length 32"):
+        engine.run(_feed(3, 20))  # 3 rows fit the 8-position bucket's batch, not the 32 one's
+    with pytest.raises(ShapeError, match="either buckets= or batch_size="):
+        sparsejit.compile(toy_path, batch_size=2, buckets=[(2, 8)])
+
+
 def test_list_call_checks_count(engine) -> None:
     with pytest.raises(InvalidInputError, match="expected 2 inputs"):
         engine([np.zeros((1, 4), np.int64)])

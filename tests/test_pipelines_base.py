@@ -91,6 +91,28 @@ def test_buckets_and_chunking_give_same_results(sentiment_dir: Path) -> None:
         np.testing.assert_allclose([d["score"] for d in x], [d["score"] for d in y], atol=1e-5)
 
 
+def test_token_budget_batches_stay_within_the_budget_and_give_same_results(sentiment_dir: Path) -> None:
+    texts = [("word " * n).strip() for n in (1, 3, 40, 7, 90, 2, 12, 25, 60, 5, 1, 14, 13, 2, 2, 3)]
+    one = Pipeline.create("sentiment", sentiment_dir, batch_size=1, sequence_length=128)
+    budget = Pipeline.create("sentiment", sentiment_dir, sequence_length=[16, 64, 128], max_batch_tokens=128)
+    assert budget.engine.buckets == [(1, 16), (2, 16), (4, 16), (8, 16), (1, 64), (2, 64), (1, 128)]
+    calls = []
+    run = budget.engine.run
+    budget.engine.run = lambda feed: calls.append(feed["input_ids"].shape) or run(feed)
+    a, b = one(texts, top_k=None), budget(texts, top_k=None)
+    for x, y in zip(a, b, strict=True):
+        assert [d["label"] for d in x] == [d["label"] for d in y]
+        np.testing.assert_allclose([d["score"] for d in x], [d["score"] for d in y], atol=1e-5)
+    assert sum(rows for rows, _ in calls) == len(texts)
+    for rows, seq in calls:  # every call fits a bucket of at most 128 padded positions
+        assert any(b >= rows and s >= seq and b * s <= 128 for b, s in budget.engine.buckets), (rows, seq)
+    # 12 texts of <= 16 tokens fill a batch of 8 then one of 4; a batch never spans two lengths
+    assert [rows for rows, seq in calls if seq <= 16] == [8, 4]
+    assert [rows for rows, seq in calls if seq > 16] == [2, 1, 1]  # 27+42 tokens at 64, 62 at 64, 92 at 128
+    with pytest.raises(InvalidInputError, match="max_batch_tokens 100 is smaller than the sequence length 128"):
+        Pipeline.create("sentiment", sentiment_dir, sequence_length=[16, 128], max_batch_tokens=100)
+
+
 def test_suggest_buckets(sentiment_dir: Path) -> None:
     texts = ["hi"] * 50 + ["a somewhat longer tweet about a delayed flight and lost luggage"] * 40 + \
         ["word " * 600] * 10

@@ -39,7 +39,8 @@ def reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(reranker_dir: Path) -> Iterator[Any]:
     config = ServerConfig(max_client_batch_size=8, endpoints=[
-        EndpointConfig(name="emb", task="embeddings", model=str(minilm_dir()), batch_size=4, sequence_length=[16, 32]),
+        EndpointConfig(name="emb", task="embeddings", model=str(minilm_dir()), sequence_length=[16, 32],
+                       max_batch_tokens=64),
         EndpointConfig(name="rank", task="text-classification", model=str(reranker_dir), batch_size=4,
                        sequence_length=[32])])
     with ServerThread(create_app(config)) as srv:
@@ -100,3 +101,29 @@ def test_tokenize_and_info(server: Any) -> None:
     info = httpx.get(f"{server.url}/info").json()
     assert info["model_type"] == {"embedding": {"pooling": "mean"}}
     assert info["max_input_length"] == 32 and info["version"] == sparsejit.__version__
+    assert info["max_batch_tokens"] == 64 and info["max_client_batch_size"] == 8
+
+
+def test_token_budget_batches_concurrent_requests_of_mixed_lengths(server: Any) -> None:
+    """The emb endpoint batches by a budget of 64 padded positions: concurrent requests of 3 to 30 tokens
+    each get the vector a count-batched pipeline gives, and no batch went past the budget."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def batches() -> tuple[float, float]:  # (batches in all, batches of <= 64 padded positions) so far
+        page = httpx.get(f"{server.url}/metrics").text
+        samples = {(s.name, s.labels.get("le")): s.value for f in text_string_to_metric_families(page)
+                   if f.name == "sparsejit_batch_tokens" for s in f.samples if s.labels.get("endpoint") == "emb"}
+        return samples[("sparsejit_batch_tokens_count", None)], samples[("sparsejit_batch_tokens_bucket", "64.0")]
+
+    pipe = sparsejit.Pipeline.create("embeddings", minilm_dir(), batch_size=4, sequence_length=[16, 32])
+    texts = [" ".join(["word"] * n) for n in (1, 28, 5, 12, 3, 20, 9, 25, 2, 14, 7, 17) * 2]
+    before = batches()
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda t: httpx.post(f"{server.url}/embed", json={"inputs": t}, timeout=60), texts))
+    assert all(a.status_code == 200 for a in answers)
+    np.testing.assert_allclose(np.array([a.json()[0] for a in answers]), pipe(texts, normalize=True), atol=1e-6)
+    after = batches()
+    assert after[0] > before[0]
+    assert after[1] - before[1] == after[0] - before[0]
