@@ -88,14 +88,22 @@ class Job:
 
 
 class PipelineRunner:
-    """Runs groups of requests through a task pipeline's ``preprocess -> forward -> postprocess``."""
+    """Runs groups of requests through a task pipeline's ``preprocess -> forward -> postprocess``.
 
-    def __init__(self, pipeline: Any) -> None:
+    A request that does not say whether to ``truncate`` gets ``auto_truncate`` (the server's default:
+    False, so a too-long input is refused with its token count, never cut silently)."""
+
+    def __init__(self, pipeline: Any, auto_truncate: bool = False) -> None:
         self.pipeline = pipeline
+        self.auto_truncate = auto_truncate
 
     def parse(self, request: BaseModel) -> tuple[list[Any], bool, dict[str, Any]]:
         """Split a request into (items, single, options): ``Pipeline.parse``, as ``Pipeline.__call__``."""
-        return self.pipeline.parse(request)
+        items, single, options = self.pipeline.parse(request)
+        schema = getattr(self.pipeline, "input_schema", None)
+        if schema is not None and "truncate" in schema.model_fields and options.get("truncate") is None:
+            options = {**options, "truncate": self.auto_truncate}
+        return items, single, options
 
     def encode(self, items: list[Any], options: dict[str, Any]) -> tuple[list[Any], int]:
         """Tokenised items and their padded positions (``Pipeline.encode_items``)."""

@@ -69,6 +69,9 @@ def main() -> None:
                    "Retry-After [default: 512]")
 @click.option("--max-client-batch-size", type=click.IntRange(min=1), default=None,
               help="inputs accepted in one request (more: 413) [default: 1024]")
+@click.option("--auto-truncate", is_flag=True, default=False,
+              help="cut inputs longer than the largest sequence length when a request does not say truncate "
+                   "[default: refuse them with 413, naming their token count and the limit]")
 @click.option("--max-batch-tokens", type=click.IntRange(min=2), default=None,
               help="batch by a token budget instead of --batch-size: each engine batch holds as many rows as fit "
                    "this many padded positions (e.g. 8192: 512 texts of 16 tokens or 32 of 256) [default: off]")
@@ -87,8 +90,8 @@ def serve(task: str | None, model_path: str | None, config_file: str | None, nam
           batch_size: int | None, sequence_length: str | None, num_threads: int | None, host: str | None,
           port: int | None, api_key: str | None, max_wait_ms: float | None, no_batching: bool,
           max_queue: int | None, max_concurrent_requests: int | None, max_client_batch_size: int | None,
-          max_batch_tokens: int | None, request_timeout_s: float | None, max_body_bytes: int | None,
-          log_level: str, task_kwargs: str | None,
+          auto_truncate: bool, max_batch_tokens: int | None, request_timeout_s: float | None,
+          max_body_bytes: int | None, log_level: str, task_kwargs: str | None,
           precision: str | None, allow_partial: bool) -> None:
     """Serve models over HTTP (FastAPI + uvicorn).
 
@@ -109,7 +112,7 @@ def serve(task: str | None, model_path: str | None, config_file: str | None, nam
         "max_wait_ms": max_wait_ms, "max_queue": max_queue, "request_timeout_s": request_timeout_s,
         "max_concurrent_requests": max_concurrent_requests, "max_client_batch_size": max_client_batch_size,
         "max_batch_tokens": max_batch_tokens, "max_body_bytes": max_body_bytes,
-        "dynamic_batching": False if no_batching else None,
+        "dynamic_batching": False if no_batching else None, "auto_truncate": True if auto_truncate else None,
         "allow_partial": True if allow_partial else None,
     }
     try:

@@ -85,6 +85,8 @@ class ServerConfig(BaseModel):
     max_concurrent_requests: int = Field(512, ge=1, description="requests in flight across all endpoints "
                                                                 "before 429 / 503 with Retry-After")
     max_client_batch_size: int = Field(1024, ge=1, description="inputs in one request (more: 413)")
+    auto_truncate: bool = Field(False, description="cut inputs longer than the largest sequence length when a "
+                                                   "request does not say truncate (default: refuse them, 413)")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 past it)")
     max_body_bytes: int = Field(1 << 20, ge=1, description="larger request bodies get 413")
     graceful_timeout_s: float = Field(30.0, ge=0, description="shutdown waits this long for in-flight work")

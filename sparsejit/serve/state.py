@@ -145,7 +145,7 @@ class ServerState:
             max_wait = endpoint.config.max_wait_ms
             max_wait = self.config.max_wait_ms if max_wait is None else max_wait
             endpoint.batcher = DynamicBatcher(
-                endpoint.name, PipelineRunner(pipeline), batch_size=pipeline.batch_size,
+                endpoint.name, PipelineRunner(pipeline, self.config.auto_truncate), batch_size=pipeline.batch_size,
                 max_wait_s=max_wait / 1000.0, max_queue=self.config.max_queue, metrics=self.metrics,
                 enabled=self.config.dynamic_batching, max_client_batch=self.config.max_client_batch_size,
                 limit=self.concurrency, max_batch_tokens=getattr(pipeline, "max_batch_tokens", None))

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from sparsejit.errors import InvalidInputError, ShapeError
+from sparsejit.errors import InvalidInputError, SequenceTooLongError, ShapeError
 from sparsejit.serve.batching import ClientBatchTooLargeError, QueueFullError, RequestTimeoutError
 from sparsejit.serve.deps import State, require_api_key
 from sparsejit.serve.state import EndpointState, ServerState
@@ -67,7 +67,7 @@ async def run_inference(endpoint: EndpointState, body: BaseModel, state: ServerS
         return _error(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), retry_after=1)
     except RequestTimeoutError as exc:
         return _error(status.HTTP_504_GATEWAY_TIMEOUT, str(exc))
-    except ClientBatchTooLargeError as exc:
+    except (ClientBatchTooLargeError, SequenceTooLongError) as exc:
         return _error(413, str(exc))
     except (InvalidInputError, ShapeError) as exc:
         return _error(status.HTTP_400_BAD_REQUEST, str(exc))

@@ -35,7 +35,7 @@ class EmbedRequest(BaseModel):
     inputs: str | list[str] | list[int] | list[list[int]]
     normalize: bool = True
     prompt_name: str | None = None
-    truncate: bool | None = False
+    truncate: bool | None = None  # None: the server's --auto-truncate (default: refuse, 413)
     truncation_direction: Direction = "Right"
     dimensions: int | None = Field(None, ge=1)
 
@@ -45,7 +45,7 @@ class RerankRequest(BaseModel):
     texts: list[str]
     raw_scores: bool = False
     return_text: bool = False
-    truncate: bool | None = False
+    truncate: bool | None = None  # None: the server's --auto-truncate (default: refuse, 413)
     truncation_direction: Direction = "Right"
 
 
@@ -122,7 +122,7 @@ async def embed(body: EmbedRequest, state: State) -> Any:
     except InvalidInputError as exc:
         return tei_error(422, str(exc), "Validation")
     request = endpoint.pipeline.input_schema(
-        inputs=items, normalize=body.normalize, truncate=bool(body.truncate),
+        inputs=items, normalize=body.normalize, truncate=body.truncate,
         truncation_direction=body.truncation_direction.lower(), dimensions=body.dimensions)
     result = await _submit(endpoint, request, state)
     if isinstance(result, JSONResponse):
@@ -140,7 +140,7 @@ async def rerank(body: RerankRequest, state: State) -> Any:
         return tei_error(422, "texts must not be empty", "Validation")
     request = endpoint.pipeline.input_schema(
         inputs=[{"text": body.query, "text_pair": t} for t in body.texts], top_k=None,
-        function_to_apply="none" if body.raw_scores else None, truncate=bool(body.truncate),
+        function_to_apply="none" if body.raw_scores else None, truncate=body.truncate,
         truncation_direction=body.truncation_direction.lower())
     result = await _submit(endpoint, request, state)
     if isinstance(result, JSONResponse):
@@ -198,7 +198,8 @@ def info(state: State) -> dict[str, Any]:
             "model_dtype": pipeline.engine.precision if pipeline is not None else None, "model_type": model_type,
             "max_concurrent_requests": state.config.max_concurrent_requests, "max_input_length": max_length,
             "max_batch_tokens": _batch_tokens(endpoint, state, max_length),
-            "max_client_batch_size": state.config.max_client_batch_size, "auto_truncate": False,
+            "max_client_batch_size": state.config.max_client_batch_size,
+            "auto_truncate": state.config.auto_truncate,
             "tokenization_workers": 1, "version": sparsejit.__version__, "sha": None, "docker_label": None}
 
 
