@@ -4,6 +4,7 @@ full queue, per-request timeout, draining on stop."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from typing import Any
@@ -276,10 +277,27 @@ def test_metrics_page_is_valid_prometheus_text() -> None:
     metrics.record_request("emb", 429, 0.001)
     metrics.observe("batch_items", 5, endpoint="emb")
     metrics.set("endpoint_ready", 1, endpoint="emb")
-    families = {f.name: f for f in text_string_to_metric_families(metrics.render())}
+    page, content_type = metrics.render()
+    assert content_type.startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(page.decode())}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert samples[("sparsejit_requests_total", (("code", "200"), ("endpoint", "emb")))] == 1
     assert samples[("sparsejit_errors_total", (("code", "429"), ("endpoint", "emb")))] == 1
     assert samples[("sparsejit_request_latency_seconds_count", (("endpoint", "emb"),))] == 2
     assert samples[("sparsejit_endpoint_ready", (("endpoint", "emb"),))] == 1
     assert metrics.histogram_counts("batch_items", endpoint="emb")[8] == 1
+    assert "python_gc_objects_collected" in families and "python_info" in families  # standard collectors
+    if sys.platform == "linux":
+        assert samples[("process_resident_memory_bytes", ())] > 0
+
+
+def test_metrics_page_in_openmetrics_format() -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    metrics = Metrics()
+    metrics.record_request("emb", 200, 0.004)
+    page, content_type = metrics.render(openmetrics=True)
+    assert content_type.startswith("application/openmetrics-text") and page.endswith(b"# EOF\n")
+    families = {f.name: f for f in text_string_to_metric_families(page.decode())}
+    (sample,) = [s for s in families["sparsejit_requests"].samples if s.name == "sparsejit_requests_total"]
+    assert sample.labels == {"endpoint": "emb", "code": "200"} and sample.value == 1

@@ -212,29 +212,23 @@ def _onnxruntime_runs(path: Path, streams: int, threads: int | None) -> list[Run
 
 
 class _Progress:
-    """A click progress bar over a time budget (silent when disabled)."""
+    """A tqdm bar over a time budget, in seconds (silent when disabled or not on a terminal)."""
 
     def __init__(self, total_s: float, label: str, enabled: bool) -> None:
-        import click
+        from tqdm.auto import tqdm
 
         self.total = max(total_s, 1e-9)
-        self.done = 0
-        self.bar = click.progressbar(length=1000, label=label, file=sys.stderr) if enabled else None
-        if self.bar is not None:
-            self.bar.__enter__()
+        self.bar = tqdm(total=round(self.total, 1), desc=label, unit="s", file=sys.stderr, dynamic_ncols=True,
+                        disable=None if enabled else True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s")
 
     def advance_to(self, seconds: float) -> None:
-        if self.bar is None:
-            return
-        target = min(1000, int(1000 * seconds / self.total))
-        if target > self.done:
-            self.bar.update(target - self.done)
-            self.done = target
+        target = min(self.total, seconds)
+        if target > self.bar.n:
+            self.bar.update(target - self.bar.n)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.advance_to(self.total)
-            self.bar.__exit__(None, None, None)
+        self.advance_to(self.total)
+        self.bar.close()
 
 
 def _warm(run: RunFn, feed: Feed, seconds: float) -> None:

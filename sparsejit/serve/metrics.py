@@ -9,7 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST as TEXT_CONTENT_TYPE
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 __all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "TOKEN_BUCKETS", "Metrics"]
 
@@ -30,6 +42,8 @@ class Metrics:
     def __init__(self, prefix: str = "sparsejit") -> None:
         self.prefix = prefix
         self.registry = CollectorRegistry(auto_describe=True)
+        for standard in (PROCESS_COLLECTOR, GC_COLLECTOR, PLATFORM_COLLECTOR):  # process_*, python_gc_*, python_info
+            self.registry.register(standard)
         self._metrics: dict[str, Counter | Gauge | Histogram] = {}
         self._declare(Counter, "requests_total", "Inference requests answered, by endpoint and status code",
                       _ENDPOINT_CODE)
@@ -93,6 +107,8 @@ class Metrics:
             counts[bound], previous = total - previous, total
         return counts
 
-    def render(self) -> str:
-        """The Prometheus text exposition (format 0.0.4)."""
-        return generate_latest(self.registry).decode("utf-8")
+    def render(self, openmetrics: bool = False) -> tuple[bytes, str]:
+        """The exposition and its content type: the Prometheus text format, or OpenMetrics."""
+        if openmetrics:
+            return generate_openmetrics(self.registry), OPENMETRICS_CONTENT_TYPE
+        return generate_latest(self.registry), TEXT_CONTENT_TYPE
