@@ -1,6 +1,7 @@
 """`sparsejit run` throughput against plain loops over the same pipeline, on real text.
 
-    python -m bench.batch_run                 # 20,000 texts (embeddings, default model) + 2,394 WNUT-16 (NER)
+    python -m bench.batch_run                 # 20,000 texts (embeddings, default model; 1 and 2 worker
+                                              # processes) + 2,394 WNUT-16 (NER)
     python -m bench.batch_run --rows 2000
     python -m bench.batch_run --ray           # also Ray Data, 1 vs 2 actors on a local 2-CPU cluster
 
@@ -69,6 +70,11 @@ def main() -> None:
         wall = time.perf_counter() - t0
         print(f"sparsejit run, embeddings, {summary.written} rows: {wall:.1f} s, {summary.written / wall:.1f} rows/s "
               f"(buckets {summary.sequence_lengths}, batch 32)", flush=True)
+        t0 = time.perf_counter()
+        summary = run("embeddings", source, Path(tmp) / "out2.parquet", batch_size=32, progress=False, workers=2)
+        wall = time.perf_counter() - t0
+        print(f"sparsejit run --workers 2 (1 kernel thread each): {wall:.1f} s, {summary.written / wall:.1f} rows/s",
+              flush=True)
 
         t0 = time.perf_counter()
         pipe = sparsejit.Pipeline.create("embeddings", batch_size=32, sequence_length=summary.sequence_lengths)

@@ -22,7 +22,10 @@ from sparsejit.cli_options import parse_sequence_lengths, parse_task_kwargs
 @click.option("-s", "--sequence-length", default=None, help="bucket(s), e.g. 64,128 [default: from the data]")
 @click.option("--chunk-rows", default=1024, show_default=True, type=click.IntRange(min=1),
               help="rows per chunk: the unit of sorting by length, of writing, and of resuming")
-@click.option("--num-threads", default=None, type=click.IntRange(min=1))
+@click.option("--num-threads", default=None, type=click.IntRange(min=1),
+              help="kernel threads (per worker) [default: all cores, divided among the workers]")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="worker processes running chunks, each with its own compiled engine")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True)
 @click.option("--restart", is_flag=True, help="discard an unfinished earlier run instead of resuming it")
 @click.option("--kwargs", "task_kwargs", default=None, help="task options as JSON, e.g. '{\"top_k\": null}'")
@@ -36,8 +39,8 @@ from sparsejit.cli_options import parse_sequence_lengths, parse_task_kwargs
 def run_command(task: str, model_path: str | None, input_path: str, output_path: str, text_column: str,
                 text_pair_column: str | None, question_column: str, context_column: str, id_column: str,
                 batch_size: int, sequence_length: str | None, chunk_rows: int, num_threads: int | None,
-                precision: str, restart: bool, task_kwargs: str | None, ray_address: str | None, ray_actors: int,
-                ray_actor_cpus: float, quiet: bool) -> None:
+                workers: int, precision: str, restart: bool, task_kwargs: str | None, ray_address: str | None,
+                ray_actors: int, ray_actor_cpus: float, quiet: bool) -> None:
     """Run TASK over every row of --input into --output, resuming an interrupted run.
 
     Rows that cannot be run go to OUTPUT.errors.jsonl with their row, id and reason.
@@ -68,7 +71,7 @@ def run_command(task: str, model_path: str | None, input_path: str, output_path:
         summary = run(task, input_path, output_path, model_path=model_path, columns=columns,
                       sequence_length=lengths, batch_size=batch_size, chunk_rows=chunk_rows,
                       num_threads=num_threads, precision=precision, restart=restart, progress=not quiet,
-                      task_options=options)
+                      task_options=options, workers=workers)
     except SparsejitError as exc:
         raise click.ClickException(str(exc)) from None
     resumed = f", {summary.resumed_chunks} chunk(s) resumed" if summary.resumed_chunks else ""
