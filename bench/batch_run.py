@@ -4,6 +4,7 @@
                                               # processes) + 2,394 WNUT-16 (NER)
     python -m bench.batch_run --rows 2000
     python -m bench.batch_run --ray           # also Ray Data, 1 vs 2 actors on a local 2-CPU cluster
+    python -m bench.batch_run --dask          # also Dask, 1 vs 2 local worker processes
 
 Texts: the tweets of ../shared/data/sentiment-train.csv, the WNUT-16 sentences and the SQuAD contexts'
 sentences, cycled to --rows. Engines run one after another here (not alternating: each is minutes of
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--loop-rows", type=int, default=2_000, help="rows for the one-text-at-a-time loop")
     parser.add_argument("--ray", action="store_true", help="also Ray Data with 1 and 2 actors (local cluster)")
+    parser.add_argument("--dask", action="store_true", help="also Dask with 1 and 2 local worker processes")
     args = parser.parse_args()
 
     import sparsejit
@@ -94,6 +96,8 @@ def main() -> None:
 
         if args.ray:
             _ray_rows(texts, Path(tmp))
+        if args.dask:
+            _dask_rows(texts, Path(tmp))
         sentences = wnut_sentences()
         ner_source = Path(tmp) / "wnut.jsonl"
         ner_source.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences))
@@ -126,6 +130,24 @@ def _ray_rows(texts: list[str], tmp: Path) -> None:
                   f"{rows / wall:.1f} rows/s", flush=True)
     finally:
         ray.shutdown()
+
+
+def _dask_rows(texts: list[str], tmp: Path) -> None:
+    """Dask with local worker processes: 1 worker with 2 kernel threads vs 2 workers with 1 thread each."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sparsejit.integrations.dask import run_on_dask
+
+    pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), tmp / "texts.parquet")
+    for workers, threads in ((1, 2), (2, 1)):
+        t0 = time.perf_counter()
+        rows = run_on_dask("embeddings", tmp / "texts.parquet", tmp / f"dask{workers}", num_workers=workers,
+                           partitions=16, predictor_kwargs={"num_threads": threads, "batch_size": 32,
+                                                            "sequence_length": [48, 80, 128]})
+        wall = time.perf_counter() - t0
+        print(f"Dask (processes), {workers} worker(s) x {threads} thread(s), {rows} rows: {wall:.1f} s, "
+              f"{rows / wall:.1f} rows/s", flush=True)
 
 
 if __name__ == "__main__":

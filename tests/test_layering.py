@@ -67,6 +67,18 @@ def test_training_is_imported_only_when_used() -> None:
     assert not offenders, offenders
 
 
+def test_ray_and_dask_stay_optional() -> None:
+    """Only `sparsejit.integrations` imports ray / dask, and only inside functions there: the integration
+    modules import without the extras, and nothing else ever needs them."""
+    offenders = [f"{path.relative_to(PKG)} imports {name}" for path in sorted(PKG.rglob("*.py"))
+                 if "integrations" not in path.relative_to(PKG).parts
+                 for name in _imports(path) if name.split(".")[0] in ("ray", "dask", "distributed")]
+    offenders += [f"{path.relative_to(PKG)} imports {name} at module level"
+                  for path in sorted((PKG / "integrations").rglob("*.py"))
+                  for name in _top_level_imports(path) if name.split(".")[0] in ("ray", "dask", "distributed")]
+    assert not offenders, offenders
+
+
 def test_graph_passes_do_not_import_each_other() -> None:
     """A pass reads the rewrite infrastructure, op traits and shared patterns, never another pass."""
     from sparsejit.graph.passes import PASSES

@@ -35,12 +35,18 @@ from sparsejit.cli_options import parse_sequence_lengths, parse_task_kwargs
 @click.option("--ray-actors", default=2, show_default=True, type=click.IntRange(min=1), help="actors (Ray)")
 @click.option("--ray-actor-cpus", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="CPUs Ray reserves per actor (below 1 on small machines: reads and writes need CPUs too)")
+@click.option("--dask", "dask_scheduler", default=None,
+              help="run on Dask instead: 'processes', 'threads' (local) or a dask.distributed scheduler address; "
+                   "--output is then a directory of Parquet files")
+@click.option("--dask-workers", default=2, show_default=True, type=click.IntRange(min=1),
+              help="local Dask workers (processes or threads)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bar")
 def run_command(task: str, model_path: str | None, input_path: str, output_path: str, text_column: str,
                 text_pair_column: str | None, question_column: str, context_column: str, id_column: str,
                 batch_size: int, sequence_length: str | None, chunk_rows: int, num_threads: int | None,
                 workers: int, precision: str, restart: bool, task_kwargs: str | None, ray_address: str | None,
-                ray_actors: int, ray_actor_cpus: float, quiet: bool) -> None:
+                ray_actors: int, ray_actor_cpus: float, dask_scheduler: str | None, dask_workers: int,
+                quiet: bool) -> None:
     """Run TASK over every row of --input into --output, resuming an interrupted run.
 
     Rows that cannot be run go to OUTPUT.errors.jsonl with their row, id and reason.
@@ -52,14 +58,26 @@ def run_command(task: str, model_path: str | None, input_path: str, output_path:
     options = parse_task_kwargs(task_kwargs)
     columns = Columns(text=text_column, text_pair=text_pair_column, question=question_column,
                       context=context_column, id=id_column)
+    if ray_address and dask_scheduler:
+        raise click.UsageError("give --ray or --dask, not both")
+    kwargs = {"model_path": model_path, "text_column": text_column, "text_pair_column": text_pair_column,
+              "question_column": question_column, "context_column": context_column, "batch_size": batch_size,
+              "num_threads": num_threads, "precision": precision, **options}
+    if lengths:
+        kwargs["sequence_length"] = lengths
+    if dask_scheduler:
+        from sparsejit.integrations.dask import run_on_dask
+
+        try:
+            rows = run_on_dask(task, input_path, output_path, scheduler=dask_scheduler, num_workers=dask_workers,
+                               predictor_kwargs=kwargs)
+        except SparsejitError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"sparsejit run (Dask, {dask_scheduler}): {rows} rows -> {output_path}/")
+        return
     if ray_address:
         from sparsejit.integrations.ray import run_on_ray
 
-        kwargs = {"model_path": model_path, "text_column": text_column, "text_pair_column": text_pair_column,
-                  "question_column": question_column, "context_column": context_column, "batch_size": batch_size,
-                  "num_threads": num_threads, "precision": precision, **options}
-        if lengths:
-            kwargs["sequence_length"] = lengths
         try:
             rows = run_on_ray(task, input_path, output_path, address=None if ray_address == "local" else ray_address,
                               concurrency=ray_actors, actor_cpus=ray_actor_cpus, predictor_kwargs=kwargs)

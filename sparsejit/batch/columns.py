@@ -103,6 +103,27 @@ def result_columns(task: str, result: Any) -> dict[str, Any]:
     raise InvalidInputError(f"task {task!r} has no batch output columns")
 
 
+def result_arrays(pipe: Any, task: str, cols: Columns, records: list[dict[str, Any]], schema: Any) -> dict[str, Any]:
+    """The task's result columns for `records` as typed pyarrow arrays (the fields of `schema` but `row`;
+    null for a row that could not be run) plus `error` (null, or why): what the Ray and Dask batch
+    functions add to each batch."""
+    import pyarrow as pa
+
+    reasons = [check(task, r, cols) for r in records]
+    good = [i for i, why in enumerate(reasons) if why is None]
+    results: dict[int, dict[str, Any]] = {}
+    outcomes = run_isolating(pipe, task, [item(task, records[i], cols) for i in good])
+    for i, (result, reason) in zip(good, outcomes, strict=True):
+        if reason is None:
+            results[i] = result_columns(task, result)
+        else:
+            reasons[i] = reason
+    arrays = {field.name: pa.array([results[i][field.name] if i in results else None for i in range(len(records))],
+                                   type=field.type) for field in schema if field.name != "row"}
+    arrays["error"] = pa.array(reasons, type=pa.string())
+    return arrays
+
+
 def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 

@@ -47,25 +47,11 @@ class SparsejitPredictor:
         names = list(batch)
         n = len(batch[names[0]]) if names else 0
         records = [{k: _python(batch[k][i]) for k in names} for i in range(n)]
-        reasons = [C.check(self.task, r, self.columns) for r in records]
-        good = [i for i, why in enumerate(reasons) if why is None]
-        results: dict[int, dict[str, Any]] = {}
-        if good:
-            items = [C.item(self.task, records[i], self.columns) for i in good]
-            for i, (result, reason) in zip(good, C.run_isolating(self.pipe, self.task, items), strict=True):
-                if reason is None:
-                    results[i] = C.result_columns(self.task, result)
-                else:
-                    reasons[i] = reason
         import pyarrow as pa
 
         out = {name: pa.array(list(batch[name])) if batch[name].dtype == object else pa.array(batch[name])
                for name in names}
-        for field in self.result_schema:
-            if field.name != "row":
-                out[field.name] = pa.array([results[i][field.name] if i in results else None for i in range(n)],
-                                           type=field.type)
-        out["error"] = pa.array(reasons, type=pa.string())
+        out.update(C.result_arrays(self.pipe, self.task, self.columns, records, self.result_schema))
         return pa.table(out)
 
 
