@@ -9,6 +9,8 @@ options unless named, i.e. every op type it quantises, the way users call it):
 - ``qdq``: ``quantize_static(..., quant_format=QDQ)`` per tensor; ``qdq-pc``: the same, ``per_channel=True``.
 - ``qop``: ``quantize_static(..., quant_format=QOperator)``.
 - ``sparse-int8``: 90 % 4x16-block magnitude pruning by ``sparsejit.sparsify`` then ``quantize_dynamic``.
+- Optimum's presets, sentence-transformers' dynamic export and NNCF: see ``tests/int8_exporters.py``
+  (``--forms optimum-vnni-dynamic,optimum-vnni-static,optimum-avx2-dynamic,optimum-avx2-static,st-dynamic,nncf``).
 
 Each compile (batch 1, sequence 128) runs in a fresh process: cold on an empty kernel cache, then warm on
 the cache the cold run filled. "kernels" counts the generated kernel modules the cold run wrote.
@@ -27,8 +29,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FORMS = ("fp32", "dynamic", "qdq", "qdq-pc", "qop", "sparse-int8")
@@ -41,28 +41,12 @@ print(time.perf_counter() - t)
 """
 
 
-def _calibration(base: Path) -> Any:
-    from onnxruntime import quantization
-
-    from tests import zoo
-
-    class Reader(quantization.CalibrationDataReader):
-        def __init__(self) -> None:
-            # unpadded: a padded batch puts the attention mask's -inf into the calibrated ranges
-            self._feeds = iter([zoo.make_inputs(base, 4, 128, seed=100 + i, padded=False) for i in range(4)])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._feeds, None)
-
-    return Reader()
-
-
 def model_for(form: str) -> Path:
-    """The BERT-base file of `form` (built once, cached beside the zoo models)."""
-    from onnxruntime import quantization
-
+    """The BERT-base file of `form` (built once, cached beside the zoo models; forms of
+    `tests.int8_exporters` plus ``fp32`` and ``sparse-int8``)."""
     from bench.bench_sparse import pruned_bert
     from tests import zoo
+    from tests.int8_exporters import quantize_as
 
     base = zoo.random_encoder("bert-base")
     if form == "fp32":
@@ -71,13 +55,9 @@ def model_for(form: str) -> Path:
         return pruned_bert("4x16+int8", 0.9)
 
     def build(d: Path) -> dict[str, Any]:
-        src, dst = str(base / "model.onnx"), str(d / "model.onnx")
-        if form == "dynamic":
-            quantization.quantize_dynamic(src, dst)
-        else:
-            fmt = quantization.QuantFormat.QOperator if form == "qop" else quantization.QuantFormat.QDQ
-            quantization.quantize_static(src, dst, _calibration(base), quant_format=fmt,
-                                         per_channel=form == "qdq-pc")
+        # unpadded: a padded batch puts the attention mask's -inf into the calibrated ranges
+        feeds = [zoo.make_inputs(base, 4, 128, seed=100 + i, padded=False) for i in range(4)]
+        quantize_as(form, base / "model.onnx", d / "model.onnx", feeds)
         return {}
 
     return zoo._cached_build(f"defaults-{form}-bert-base", {"form": form, "calibration": "unpadded"},

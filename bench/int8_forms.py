@@ -2,7 +2,8 @@
 
 Forms are those of `bench.compile_time` (onnxruntime.quantization with its default options: every op type
 it quantises): `dynamic`, `qdq` (static, per tensor), `qdq-pc` (static, per channel), `qop` (QOperator),
-and `fp32` for reference. Per form and shape it prints: cold compile seconds (fresh process, empty kernel
+Optimum's presets, sentence-transformers' dynamic export and NNCF (`tests/int8_exporters.py`), and `fp32`
+for reference. Per form and shape it prints: cold compile seconds (fresh process, empty kernel
 cache; batch 1 x seq 128), the median items/s of the three engines (alternating in ~1 s blocks in one
 process, each block's first run dropped), sparsejit's ratio to the faster peer, max |difference| of
 sparsejit and of OpenVINO from onnxruntime (relative to max |onnxruntime output|), and the resident and
@@ -36,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.compare import alternate_blocks  # noqa: E402
 from bench.compile_time import _compile_seconds, model_for  # noqa: E402
 
-FORMS = ("fp32", "dynamic", "qdq", "qdq-pc", "qop")
+FORMS = ("fp32", "dynamic", "qdq", "qdq-pc", "qop", "optimum-vnni-dynamic", "optimum-vnni-static",
+         "optimum-avx2-dynamic", "optimum-avx2-static", "st-dynamic", "nncf")
 
 _MEMORY = """
 import json, sys
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
 
     target = host_target()
     print(f"BERT-base (random weights), {args.threads} threads, CPU {target.cpu}, kernels: {target.kernel_family}")
-    print(f"{'form':<8} {'shape':>7} {'cold s':>7} {'sj it/s':>8} {'ort it/s':>9} {'ov it/s':>8} "
+    print(f"{'form':<21} {'shape':>7} {'cold s':>7} {'sj it/s':>8} {'ort it/s':>9} {'ov it/s':>8} "
           f"{'sj/best':>8} {'sj diff':>8} {'ov diff':>8}")
     for form in args.forms.split(","):
         path = model_for(form)
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             times = alternate_blocks(runners, args.seconds)
             rate = {n: batch / statistics.median(t) for n, t in times.items()}
             best = max(rate["onnxruntime"], rate["openvino"])
-            print(f"{form:<8} {shape:>7} {cold:>7.1f} {rate['sparsejit']:>8.1f} {rate['onnxruntime']:>9.1f} "
+            print(f"{form:<21} {shape:>7} {cold:>7.1f} {rate['sparsejit']:>8.1f} {rate['onnxruntime']:>9.1f} "
                   f"{rate['openvino']:>8.1f} {rate['sparsejit'] / best:>7.2f}x {diff['sparsejit']:>8.1e} "
                   f"{diff['openvino']:>8.1e}", flush=True)
             del engines
