@@ -82,14 +82,14 @@ class Engine:
             missing = set(self.input_names) - set(shapes)
             if missing:
                 raise ShapeError(f"input_shapes lacks {sorted(missing)}")
-            bucket = Bucket(0, None)
-            self._plans[bucket] = self._make_plan(shapes)
+            self._output_roles: dict[str, tuple[str | None, ...]] = {}
+            self._plans[Bucket(0, None)] = self._make_plan(shapes, last=True)
         else:
             self._input_roles = input_roles(graph.inputs)
-            for bucket in make_buckets(graph.inputs, self._input_roles, batch_size, sequence_length, buckets):
-                shapes = self._bucket_shapes(bucket)
-                self._plans[bucket] = self._make_plan(shapes)
-        self._output_roles = self._find_output_roles(graph)
+            planned = make_buckets(graph.inputs, self._input_roles, batch_size, sequence_length, buckets)
+            self._output_roles = self._find_output_roles(graph, planned[0])
+            for i, bucket in enumerate(planned):
+                self._plans[bucket] = self._make_plan(self._bucket_shapes(bucket), last=i == len(planned) - 1)
         self._release_compile_only_data()
 
     def _release_compile_only_data(self) -> None:
@@ -115,12 +115,16 @@ class Engine:
         self._compiled = True
         return_freed_memory()
 
-    def _make_plan(self, shapes: dict[str, tuple[int, ...]]) -> Plan:
+    def _make_plan(self, shapes: dict[str, tuple[int, ...]], last: bool = False) -> Plan:
         if self._compiled:
             raise RuntimeError("this engine's model data was released after compiling its buckets")
         graph = specialise(self._graph, shapes)
         if self.optimize:
             graph = optimise(graph, pass_context())
+        if last:  # no bucket reads the folded model again: its float32 copies of int8 weights go before packing
+            self._graph.initializers.clear()
+            self._graph.int8_sources.clear()
+            return_freed_memory()
         label = "bucket " + "x".join(str(d) for d in next(iter(shapes.values()))) if shapes else "model"
         with thread_count(self.num_threads):  # kernels are chosen and tiled for the threads that run them
             return Plan(graph, self._weight_cache, label, self.precision)
@@ -281,11 +285,8 @@ class Engine:
             index.append(slice(0, batch) if role == BATCH else slice(0, seq) if role == SEQ else slice(None))
         return out[tuple(index)]
 
-    def _find_output_roles(self, graph: Graph) -> dict[str, tuple[str | None, ...]]:
+    def _find_output_roles(self, graph: Graph, first: Bucket) -> dict[str, tuple[str | None, ...]]:
         """Which output axes follow the batch / sequence axis: from declared dim names, else probing."""
-        first = next(iter(self._plans))
-        if first == Bucket(0, None):
-            return {}
         symbols = {}
         for v in graph.inputs:
             for axis, role in enumerate(self._input_roles[v.name]):
@@ -303,7 +304,7 @@ class Engine:
         return roles
 
     def _probe_output_roles(self, names: list[str], bucket: Bucket) -> dict[str, tuple[str | None, ...]]:
-        base = self._plans[bucket].graph.value_info
+        base = specialise(self._graph, self._bucket_shapes(bucket)).value_info
         more_batch = specialise(self._graph, self._bucket_shapes(Bucket(bucket.batch + 1, bucket.sequence)))
         roles = {}
         more_seq = None

@@ -66,8 +66,10 @@ class QWeightKernels(TimedChoice):
         self._w: np.ndarray | None = None
         self.sparsity = 0.0
         if not packed.has_zero:
-            self._w = packed.unpack().astype(np.int8)
-            self.sparsity = float(1.0 - np.count_nonzero(self._w) / max(1, self._w.size))
+            w = packed.unpack().astype(np.int8)
+            self.sparsity = float(1.0 - np.count_nonzero(w) / max(1, w.size))
+            if self.sparsity >= MIN_SPARSITY or _policy() != "auto":  # kept only for the sparse forms
+                self._w = w
         self._forms: dict[str, Any] = {"dense": packed}
         self._chosen: set[str] = set()
         self._digest: str | None = None
@@ -75,12 +77,10 @@ class QWeightKernels(TimedChoice):
 
     def candidates(self) -> list[str]:
         policy = _policy()
-        if self._w is None:  # an asymmetric weight: its zero entries are not zero products
+        if self._w is None:  # asymmetric (zero entries are not zero products), or too dense for sparse forms
             return ["dense"]
         if policy != "auto":
             return [policy]
-        if self.sparsity < MIN_SPARSITY:
-            return ["dense"]
         return ["dense"] + [f"qblock{bw}" for bw in _BLOCK_WIDTHS
                             if block_density(self._w, (4, bw)) <= MAX_BLOCK_DENSITY]
 
