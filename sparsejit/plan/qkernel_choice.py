@@ -68,7 +68,8 @@ class QWeightKernels(TimedChoice):
         if not packed.has_zero:
             w = packed.unpack().astype(np.int8)
             self.sparsity = float(1.0 - np.count_nonzero(w) / max(1, w.size))
-            if self.sparsity >= MIN_SPARSITY or _policy() != "auto":  # kept only for the sparse forms
+            forced = os.environ.get(ENV_QPOLICY, "auto").strip().lower() not in ("", "auto")  # checked at choose
+            if self.sparsity >= MIN_SPARSITY or forced:  # kept only for the sparse forms
                 self._w = w
         self._forms: dict[str, Any] = {"dense": packed}
         self._chosen: set[str] = set()
