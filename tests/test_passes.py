@@ -133,6 +133,64 @@ def test_two_int8_products_summed_by_one_add_match_onnxruntime(tmp_path) -> None
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
+def _deferred_weight_model(tmp_path, k: int, n: int, transpose: bool):  # type: ignore[no-untyped-def]
+    """x -> Q -> DQ -> MatMul with an int8 weight of k x n (dequantized, then transposed when asked)."""
+    wq = RNG.integers(-127, 128, (n, k) if transpose else (k, n)).astype(np.int8)
+    nodes = [oh.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             oh.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xdq"]),
+             oh.make_node("DequantizeLinear", ["wq", "ws"], ["wf"])]
+    if transpose:
+        nodes.append(oh.make_node("Transpose", ["wf"], ["wt"], perm=[1, 0]))
+    nodes.append(oh.make_node("MatMul", ["xdq", "wt" if transpose else "wf"], ["y"]))
+    inits = [nh.from_array(wq, "wq"), nh.from_array(np.array(0.01, np.float32), "ws"),
+             nh.from_array(np.array(0.05, np.float32), "xs"), nh.from_array(np.array(128, np.uint8), "xz")]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [4, k])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [4, n])], inits)
+    path = tmp_path / f"deferred{int(transpose)}.onnx"
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_large_int8_weight_is_never_dequantized_when_an_int8_product_takes_it(tmp_path) -> None:
+    """Before: DQ(W int8 128x256) -> MatMul. The load-time fold keeps the DequantizeLinear (no float32
+    copy); quant_fusion reads the int8 weight through it. Expected: one QMatMul on `wq`, no float32 weight."""
+    from sparsejit.graph.specialise import DEFERRED_DEQUANTIZE_MIN_ELEMENTS
+
+    assert 128 * 256 >= DEFERRED_DEQUANTIZE_MIN_ELEMENTS
+    path = _deferred_weight_model(tmp_path, 128, 256, transpose=False)
+    folded = fold_constants(load_onnx(str(path)))
+    assert "wf" not in folded.initializers and [n.op_type for n in folded.nodes].count("DequantizeLinear") == 2
+    ir = quant_fusion.run(specialise(folded, {"x": (4, 128)}), None)
+    check_well_formed(ir)
+    assert [n.op_type for n in ir.nodes] == ["QMatMul"]
+    assert not [name for name, a in ir.initializers.items() if a.dtype == np.float32 and a.size > 1000]
+    x = RNG.standard_normal((4, 128)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(str(path), so).run(None, {"x": x})[0]
+    np.testing.assert_allclose(sparsejit.compile(str(path), input_shapes={"x": (4, 128)}).run({"x": x})["y"], ref,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_a_deferred_weight_no_int8_product_takes_is_folded_after_the_fusions(tmp_path) -> None:
+    """Before: DQ(W int8) -> Transpose -> MatMul (the int8 fusion does not look through the Transpose).
+    Expected after quant_fusion: the DequantizeLinear and the Transpose folded into one float32 constant
+    (no runtime dequantisation), outputs equal to onnxruntime's."""
+    path = _deferred_weight_model(tmp_path, 128, 256, transpose=True)
+    ir = quant_fusion.run(specialise(fold_constants(load_onnx(str(path))), {"x": (4, 128)}), None)
+    check_well_formed(ir)
+    ops = [n.op_type for n in ir.nodes]
+    assert "Transpose" not in ops and ops.count("DequantizeLinear") == 1  # the activation's, not the weight's
+    weight = ir.initializers["wt"]
+    assert weight.dtype == np.float32 and weight.shape == (128, 256) and ir.value_info["wt"].shape == (128, 256)
+    x = RNG.standard_normal((4, 128)).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(str(path), so).run(None, {"x": x})[0]
+    np.testing.assert_allclose(sparsejit.compile(str(path), input_shapes={"x": (4, 128)}).run({"x": x})["y"], ref,
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_the_five_node_graph_matches_onnxruntime(tmp_path) -> None:
     w1, w2, b1, b2 = _w(8, 16), _w(8, 16), _w(16), _w(16)
     nodes = [oh.make_node("MatMul", ["x", "W1"], ["m1"]), oh.make_node("Add", ["m1", "b1"], ["a1"]),

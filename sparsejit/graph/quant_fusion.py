@@ -21,8 +21,8 @@ import numpy as np
 from sparsejit.errors import UnsupportedOperatorError
 from sparsejit.graph.epilogue import bias_constant, is_residual, match_epilogue
 from sparsejit.graph.fake_quant import fake_quant_reading
-from sparsejit.graph.ir import Graph, Node, QuantSource
-from sparsejit.graph.quant_ops import MS_DOMAIN, matmulnbits_weight
+from sparsejit.graph.ir import Graph, Node, QuantSource, Value
+from sparsejit.graph.quant_ops import MS_DOMAIN, dequantized_source, matmulnbits_weight
 from sparsejit.graph.rewrite import FUSED_DOMAIN as DOMAIN
 from sparsejit.graph.rewrite import (
     Rewriter,
@@ -32,6 +32,7 @@ from sparsejit.graph.rewrite import (
     remove_dead_nodes,
     scalar_constant,
 )
+from sparsejit.graph.specialise import fold_constants
 
 NAME = "quant_fusion"
 _FLOAT = 1  # onnx TensorProto.FLOAT
@@ -66,10 +67,17 @@ def _rewrite_matmulnbits(graph: Graph) -> None:
 # QDQ and dynamic patterns -> QMatMul
 
 
-def _weight_source(graph: Graph, name: str) -> QuantSource | None:
-    """The 8-bit source of constant weight `name` when a product can run on it (2-D, per tensor or per column)."""
+def _weight_source(graph: Graph, name: str, producers: dict[str, Node]) -> QuantSource | None:
+    """The 8-bit source of constant weight `name` when a product can run on it (2-D, per tensor or per
+    column): a folded DequantizeLinear's record, or a deferred one (a DequantizeLinear of constants)."""
     w = graph.initializers.get(name)
     src = graph.int8_sources.get(name)
+    dq = producers.get(name)
+    if w is None and dq is not None and dq.op_type == "DequantizeLinear" and not dq.domain:
+        arrays = [graph.initializers.get(i) if i else None for i in dq.inputs]
+        if all(a is not None for i, a in zip(dq.inputs, arrays, strict=True) if i):
+            src = dequantized_source(dq, arrays)
+            w = src.q if src is not None else None
     if w is None or src is None or src.q.shape != w.shape or w.ndim != 2:
         return None
     n = w.shape[1]
@@ -88,7 +96,7 @@ def _fuse_qdq(graph: Graph) -> Graph:
     for node in list(graph.nodes):
         if node.op_type != "MatMul" or node.domain:
             continue
-        src = _weight_source(graph, node.inputs[1])
+        src = _weight_source(graph, node.inputs[1], producers)
         dq = producers.get(node.inputs[0])
         if src is None or dq is None or dq.op_type != "DequantizeLinear" or dq.domain:
             continue
@@ -240,4 +248,16 @@ def run(graph: Graph, ctx: object = None) -> Graph:
     graph = _fuse_dynamic(graph)
     if any(n.op_type == "QMatMul" and n.domain == DOMAIN for n in graph.nodes):
         graph = remove_dead_nodes(_fuse_epilogues(graph, ctx))
-    return graph
+    return _fold_deferred_dequantize(graph)
+
+
+def _fold_deferred_dequantize(graph: Graph) -> Graph:
+    """Weights whose DequantizeLinear was kept for the int8 fusions and that no int8 product took are
+    folded to float32 now, with whatever constant-only nodes follow them."""
+    if not any(n.op_type == "DequantizeLinear" and not n.domain
+               and all(i in graph.initializers for i in n.inputs if i) for n in graph.nodes):
+        return graph
+    folded = fold_constants(graph, defer_dequantize=False)
+    for name, arr in folded.initializers.items():  # the shapes of the new constants, for later passes
+        folded.value_info.setdefault(name, Value(name, arr.dtype, tuple(arr.shape)))
+    return folded

@@ -19,11 +19,23 @@ from sparsejit.graph.reference import evaluate, infer_outputs
 # Folding these would materialise large tensors from small ones for no gain.
 _NEVER_FOLD_OUTPUT_ELEMENTS = 1 << 24
 _GATHERED_TABLE_MIN_ELEMENTS = 1 << 20
+#: 8-bit weights at least this large keep their DequantizeLinear until the int8 fusions have run.
+DEFERRED_DEQUANTIZE_MIN_ELEMENTS = 1 << 14
 
 
-def _fold_node(graph: Graph, node: Node, consts: dict[str, np.ndarray]) -> bool:
+def is_deferred_dequantize(node: Node, arrays: list[np.ndarray | None]) -> bool:
+    """A DequantizeLinear of a large constant 8-bit weight: not folded at load or per bucket, so its float32
+    copy (4x the weight) never exists when an int8 product reads the weight itself (`quant_fusion` folds
+    the ones left)."""
+    source = dequantized_source(node, arrays)
+    return source is not None and source.q.size >= DEFERRED_DEQUANTIZE_MIN_ELEMENTS
+
+
+def _fold_node(graph: Graph, node: Node, consts: dict[str, np.ndarray], defer_dequantize: bool = True) -> bool:
     arrays = [consts.get(name) if name else None for name in node.inputs]
     if any(name and arr is None for name, arr in zip(node.inputs, arrays, strict=True)):
+        return False
+    if defer_dequantize and is_deferred_dequantize(node, arrays):
         return False
     results = evaluate(node, graph.opset(node.domain), arrays)
     for name, arr in zip(node.outputs, results, strict=False):
@@ -39,8 +51,9 @@ def _fold_node(graph: Graph, node: Node, consts: dict[str, np.ndarray]) -> bool:
     return True
 
 
-def fold_constants(graph: Graph) -> Graph:
-    """Fold every node whose inputs are all constants. Returns a new graph; weights are shared."""
+def fold_constants(graph: Graph, defer_dequantize: bool = True) -> Graph:
+    """Fold every node whose inputs are all constants (but the DequantizeLinear of large 8-bit weights,
+    unless `defer_dequantize` is off). Returns a new graph; weights are shared."""
     out = graph.copy()
     consts = dict(out.initializers)
     consumers = out.consumers()
@@ -54,7 +67,7 @@ def fold_constants(graph: Graph) -> Graph:
             kept.append(Node("Gather", [dq.inputs[0], *node.inputs[1:]], [rows], dict(node.attrs), "", node.name))
             kept.append(Node("DequantizeLinear", [rows, *dq.inputs[1:]], list(node.outputs), {}, "",
                              dq.name + "/rows"))
-        elif not foldable(node.op_type, node.domain) or not _fold_node(out, node, consts):
+        elif not foldable(node.op_type, node.domain) or not _fold_node(out, node, consts, defer_dequantize):
             kept.append(node)
     out.nodes = kept
     out.initializers = _used_constants(kept, out.outputs, consts)
