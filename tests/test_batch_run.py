@@ -42,10 +42,18 @@ def embeddings_pipe() -> Any:
     return sparsejit.Pipeline.create("embeddings", minilm_dir(), batch_size=8, sequence_length=[16, 32])
 
 
-def test_embeddings_rows_equal_the_pipeline_and_bad_rows_are_reported(tmp_path: Path, embeddings_pipe: Any) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_embeddings_rows_equal_the_pipeline_and_bad_rows_are_reported(
+        tmp_path: Path, embeddings_pipe: Any, monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """In this process or in 2 worker processes: the same rows, and the input is parsed once (the progress
+    bar's total is a byte scan)."""
     source = _jsonl(tmp_path / "in.jsonl", _records())
+    opened = []
+    real = R.read_records
+    monkeypatch.setattr(R, "read_records", lambda *a: (opened.append(a), real(*a))[1])
     summary = run("embeddings", source, tmp_path / "out.parquet", model_path=minilm_dir(), batch_size=8,
-                  sequence_length=[16, 32], chunk_rows=10, progress=False)
+                  sequence_length=[16, 32], chunk_rows=10, progress=False, workers=workers)
+    assert len(opened) == 1
     assert (summary.rows, summary.written, summary.errors) == (57, 54, 3)
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.schema.field("embedding").type.list_size == 384  # fixed-size float lists
@@ -58,25 +66,6 @@ def test_embeddings_rows_equal_the_pipeline_and_bad_rows_are_reported(tmp_path: 
     assert [(e["row"], e["id"]) for e in errors] == [(5, "doc-5"), (9, "doc-9"), (11, None)]
     assert "empty" in errors[0]["reason"] and "int" in errors[1]["reason"] and "JSON" in errors[2]["reason"]
     assert not (tmp_path / "out.parquet.parts").exists()
-
-
-def test_two_worker_processes_give_the_same_rows_and_the_input_is_parsed_once(
-        tmp_path: Path, embeddings_pipe: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = _jsonl(tmp_path / "in.jsonl", _records())
-    opened = []
-    real = R.read_records
-    monkeypatch.setattr(R, "read_records", lambda *a: (opened.append(a), real(*a))[1])
-    summary = run("embeddings", source, tmp_path / "out.parquet", model_path=minilm_dir(), batch_size=8,
-                  sequence_length=[16, 32], chunk_rows=10, progress=False, workers=2)
-    assert len(opened) == 1  # one parse of the input (the progress total is a byte scan)
-    assert (summary.rows, summary.written, summary.errors) == (57, 54, 3)
-    got = pq.read_table(tmp_path / "out.parquet").to_pylist()
-    good = [i for i in range(57) if i not in (5, 9, 11)]
-    assert [r["row"] for r in got] == good and [r["id"] for r in got] == [f"doc-{i}" for i in good]
-    expected = embeddings_pipe([TEXTS[i] for i in good])
-    np.testing.assert_allclose(np.array([r["embedding"] for r in got]), expected, atol=1e-6)
-    errors = [json.loads(line) for line in Path(summary.errors_file).read_text().splitlines()]
-    assert [(e["row"], e["id"]) for e in errors] == [(5, "doc-5"), (9, "doc-9"), (11, None)]
 
 
 def test_interrupted_run_resumes_without_recomputing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

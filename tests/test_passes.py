@@ -151,6 +151,16 @@ def _deferred_weight_model(tmp_path, k: int, n: int, transpose: bool):  # type: 
     return path
 
 
+def _assert_matches_literal_onnxruntime(path, shape: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    """sparsejit's output equals onnxruntime's run of the graph as written (optimisations off)."""
+    x = RNG.standard_normal(shape).astype(np.float32)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(str(path), so).run(None, {"x": x})[0]
+    got = sparsejit.compile(str(path), input_shapes={"x": shape}).run({"x": x})["y"]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_a_large_int8_weight_is_never_dequantized_when_an_int8_product_takes_it(tmp_path) -> None:
     """Before: DQ(W int8 128x256) -> MatMul. The load-time fold keeps the DequantizeLinear (no float32
     copy); quant_fusion reads the int8 weight through it. Expected: one QMatMul on `wq`, no float32 weight."""
@@ -164,12 +174,7 @@ def test_a_large_int8_weight_is_never_dequantized_when_an_int8_product_takes_it(
     check_well_formed(ir)
     assert [n.op_type for n in ir.nodes] == ["QMatMul"]
     assert not [name for name, a in ir.initializers.items() if a.dtype == np.float32 and a.size > 1000]
-    x = RNG.standard_normal((4, 128)).astype(np.float32)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    ref = ort.InferenceSession(str(path), so).run(None, {"x": x})[0]
-    np.testing.assert_allclose(sparsejit.compile(str(path), input_shapes={"x": (4, 128)}).run({"x": x})["y"], ref,
-                               rtol=1e-5, atol=1e-5)
+    _assert_matches_literal_onnxruntime(path, (4, 128))
 
 
 def test_a_deferred_weight_no_int8_product_takes_is_folded_after_the_fusions(tmp_path) -> None:
@@ -183,12 +188,7 @@ def test_a_deferred_weight_no_int8_product_takes_is_folded_after_the_fusions(tmp
     assert "Transpose" not in ops and ops.count("DequantizeLinear") == 1  # the activation's, not the weight's
     weight = ir.initializers["wt"]
     assert weight.dtype == np.float32 and weight.shape == (128, 256) and ir.value_info["wt"].shape == (128, 256)
-    x = RNG.standard_normal((4, 128)).astype(np.float32)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    ref = ort.InferenceSession(str(path), so).run(None, {"x": x})[0]
-    np.testing.assert_allclose(sparsejit.compile(str(path), input_shapes={"x": (4, 128)}).run({"x": x})["y"], ref,
-                               rtol=1e-5, atol=1e-5)
+    _assert_matches_literal_onnxruntime(path, (4, 128))
 
 
 def test_the_five_node_graph_matches_onnxruntime(tmp_path) -> None:
