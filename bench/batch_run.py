@@ -60,6 +60,9 @@ def main() -> None:
     parser.add_argument("--dask", action="store_true", help="also Dask with 1 and 2 local worker processes")
     args = parser.parse_args()
 
+    import numpy as np
+    import pyarrow.parquet as pq
+
     import sparsejit
     from sparsejit.batch import run
     from sparsejit.kernels.target import host_target
@@ -82,10 +85,16 @@ def main() -> None:
 
         t0 = time.perf_counter()
         pipe = sparsejit.Pipeline.create("embeddings", batch_size=32, sequence_length=summary.sequence_lengths)
-        pipe(texts)
+        vectors = np.asarray(pipe(texts))
         wall = time.perf_counter() - t0
         print(f"pipeline called on the whole list (same buckets, batch 32): {wall:.1f} s, {len(texts) / wall:.1f} "
               "rows/s", flush=True)
+        for name in ("out.parquet", "out2.parquet"):  # row for row against the pipeline
+            rows = pq.read_table(Path(tmp) / name).to_pylist()
+            ids_in_order = [r["id"] for r in rows] == list(range(len(texts)))
+            diff = float(np.abs(np.array([r["embedding"] for r in rows]) - vectors).max())
+            print(f"  {name}: {len(rows)} rows, ids in input order {ids_in_order}, max |difference| from the "
+                  f"pipeline {diff:.1e}", flush=True)
 
         _fastembed_rows(texts, Path(tmp))
         loop = texts[:args.loop_rows]
