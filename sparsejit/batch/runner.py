@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +82,11 @@ class ChunkJob:
     id_is_int: bool
     out_fmt: str
     parts_dir: Path
-    ext: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ext", "parquet" if self.out_fmt == "parquet" else "jsonl")
+    @property
+    def ext(self) -> str:
+        """The suffix of the result parts."""
+        return "parquet" if self.out_fmt == "parquet" else "jsonl"
 
 
 _loaded: tuple[ChunkJob, Any, Any] | None = None  # this process's (job, pipeline, output schema)

@@ -22,7 +22,7 @@ __all__ = ["BATCH", "SEQ", "Bucket", "choose_bucket", "input_roles", "make_bucke
 BATCH, SEQ = "batch", "sequence"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Bucket:
     """One compiled shape: batch size, sequence length (None when inputs have no sequence axis)."""
 
@@ -68,7 +68,8 @@ def token_budget_buckets(sequence_lengths: Sequence[int], max_batch_tokens: int)
 def make_buckets(inputs: list[Value], roles: dict[str, tuple[str | None, ...]],
                  batch_size: int | Sequence[int] | None, sequence_length: int | Sequence[int] | None,
                  pairs: Sequence[tuple[int, int]] | None = None) -> list[Bucket]:
-    """The buckets to compile: ``pairs`` as given, else every batch size with every sequence length."""
+    """The buckets to compile, smallest sequence first, then smallest batch: ``pairs`` as given, else every
+    batch size with every sequence length."""
     has_batch = any(BATCH in r for r in roles.values())
     has_seq = any(SEQ in r for r in roles.values())
     if pairs is not None:

@@ -95,9 +95,8 @@ class Engine:
     def _release_compile_only_data(self) -> None:
         """Every bucket is compiled: keep one copy of each weight, in the form its kernel reads.
 
-        Weights kept packed or compressed by their kernels lose their unpacked copy; the folded model
-        graph (float32 dequantized weights of int8 models beside their int8 sources) and the int8
-        provenance records were only needed to build the plans, so they go too.
+        Weights kept packed or compressed by their kernels lose their unpacked copy, and the plans their
+        int8 provenance records (the folded model's data went before the last bucket was lowered).
         """
         released = set()
         for key, value in self._weight_cache.items():
@@ -110,9 +109,7 @@ class Engine:
             for name in released:
                 plan.graph.initializers.pop(name, None)
             plan.graph.int8_sources.clear()
-        self._graph.initializers.clear()  # no plan is made after this: `_make_plan` refuses
-        self._graph.int8_sources.clear()
-        self._compiled = True
+        self._compiled = True  # the folded model went with the last bucket: `_make_plan` refuses now
         return_freed_memory()
 
     def _make_plan(self, shapes: dict[str, tuple[int, ...]], last: bool = False) -> Plan:
@@ -133,7 +130,7 @@ class Engine:
     @property
     def buckets(self) -> list[tuple[int, int | None]]:
         """The compiled (batch, sequence) shapes, smallest sequence first, then smallest batch."""
-        return [(b.batch, b.sequence) for b in sorted(self._plans, key=lambda b: (b.sequence or 0, b.batch))]
+        return [(b.batch, b.sequence) for b in self._plans]  # compiled in that order (`make_buckets`)
 
     @property
     def batch_size(self) -> int:

@@ -51,8 +51,13 @@ _SRC_HASH = hashlib.sha1(b"".join(p.read_bytes() for p in (
 QKernel = Callable[..., None]
 
 
+def _requested_policy() -> str:
+    """SPARSEJIT_QMATMUL_KERNEL as given (normalised, not yet checked)."""
+    return os.environ.get(ENV_QPOLICY, "auto").strip().lower() or "auto"
+
+
 def _policy() -> str:
-    value = os.environ.get(ENV_QPOLICY, "auto").strip().lower() or "auto"
+    value = _requested_policy()
     if value not in _POLICIES:
         raise ValueError(f"{ENV_QPOLICY}={value!r}: expected one of {_POLICIES}")
     return value
@@ -68,7 +73,7 @@ class QWeightKernels(TimedChoice):
         if not packed.has_zero:
             w = packed.unpack().astype(np.int8)
             self.sparsity = float(1.0 - np.count_nonzero(w) / max(1, w.size))
-            forced = os.environ.get(ENV_QPOLICY, "auto").strip().lower() not in ("", "auto")  # checked at choose
+            forced = _requested_policy() != "auto"  # an unknown value is reported when a kernel is chosen
             if self.sparsity >= MIN_SPARSITY or forced:  # kept only for the sparse forms
                 self._w = w
         self._forms: dict[str, Any] = {"dense": packed}

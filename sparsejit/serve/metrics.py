@@ -75,9 +75,6 @@ class Metrics:
     def set(self, name: str, value: float, **labels: str) -> None:
         self._metrics[name].labels(**labels).set(value)  # type: ignore[union-attr]
 
-    def add(self, name: str, amount: float, **labels: str) -> None:
-        self._metrics[name].labels(**labels).inc(amount)  # type: ignore[union-attr]
-
     def observe(self, name: str, value: float, **labels: str) -> None:
         self._metrics[name].labels(**labels).observe(value)  # type: ignore[union-attr]
 
