@@ -390,18 +390,19 @@ def _gen_matmul_source(mr: int, nv: int) -> str:
     emit("        bo += N")
     L.extend(masked_store_tile(mr, nv, lambda r, v: f"ob + (i0 + {r}) * N + j0 + {16 * v}", "    "))
     emit("")
-    sig = "void(float32[::1], float32[::1], float32[::1], int64, int64, int64, int64)"
+    sig = "void(float32[::1], float32[::1], float32[::1], int64, int64, int64, int64, int64)"
     emit(f'@njit("{sig}", parallel=True, cache=True)')
-    emit("def matmul_kernel(a, b, out, B, M, K, N):")
+    emit("def matmul_kernel(a, b, out, B, M, K, N, tiles_per_task):")
+    emit("    # a task is `tiles_per_task` consecutive row tiles (of any batch), each across all of N")
     emit(f"    n_mt = (M + {mr - 1}) // {mr}")
     emit(f"    n_nt = (N + {16 * nv - 1}) // {16 * nv}")
-    emit("    per = n_mt * n_nt")
-    emit("    for t in prange(B * per):")
-    emit("        bi = t // per")
-    emit("        r = t - bi * per")
-    emit("        jt = r // n_mt")
-    emit("        mt = r - jt * n_mt")
-    emit(f"        _micro(a, b, out, bi * M * K, bi * K * N, bi * M * N, M, K, N, mt * {mr}, jt * {16 * nv})")
+    emit("    total = B * n_mt")
+    emit("    for t in prange((total + tiles_per_task - 1) // tiles_per_task):")
+    emit("        for g in range(t * tiles_per_task, min(total, (t + 1) * tiles_per_task)):")
+    emit("            bi = g // n_mt")
+    emit("            mt = g - bi * n_mt")
+    emit("            for jt in range(n_nt):")
+    emit(f"                _micro(a, b, out, bi * M * K, bi * K * N, bi * M * N, M, K, N, mt * {mr}, jt * {16 * nv})")
     emit("")
     return "\n".join(L)
 
@@ -430,4 +431,6 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     b_f = np.ascontiguousarray(b, dtype=np.float32).reshape(-1)
     mr, nv = _matmul_tile()
     kernel = load_generated_once(f"matmul_{mr}x{16 * nv}", lambda: _gen_matmul_source(mr, nv)).matmul_kernel
-    run_dynamic_tasks(kernel, a_f, b_f, out_f, batch, m, k, n)
+    row_tiles = batch * -(-m // mr)
+    per_task = max(1, row_tiles // (8 * get_num_threads()))  # ~8 tasks a thread: balanced, little hand-out
+    run_dynamic_tasks(kernel, a_f, b_f, out_f, batch, m, k, n, per_task)

@@ -254,6 +254,17 @@ def requantize(acc: np.ndarray, multiplier: float, zero_point: int, out: np.ndar
     _requantize_kernel(acc.reshape(-1), mult, int(zero_point), lo, hi, out.reshape(-1))
 
 
+@njit(parallel=True, cache=True)
+def _centre_kernel(x, zero, out):  # type: ignore[no-untyped-def]
+    for i in prange(x.size):
+        out[i] = np.float32(x[i]) - zero
+
+
+def centre(x: np.ndarray, zero_point: float, out: np.ndarray) -> None:
+    """out = float32(x) - zero_point for C-contiguous 8-bit `x` into float32 `out` (exact: |value| <= 255)."""
+    _centre_kernel(x.reshape(-1), np.float32(zero_point), out.reshape(-1))
+
+
 def accumulate(acc: np.ndarray, part: np.ndarray) -> None:
     """acc += part, elementwise, in parallel (float64 `acc`, float32 `part`, same size, C-contiguous)."""
     _add_into(acc.reshape(-1), part.reshape(-1))

@@ -37,7 +37,7 @@ from sparsejit.kernels.gemm_int8 import (
     quantize_rows,
 )
 from sparsejit.kernels.normalization import softmax
-from sparsejit.kernels.quantize import accumulate, requantize
+from sparsejit.kernels.quantize import accumulate, centre, requantize
 from sparsejit.kernels.simd_int8 import fake_quant_params
 from sparsejit.plan.lowering import LowerContext, Step, lowers
 from sparsejit.plan.ops_elementwise import ELEMENTWISE
@@ -255,10 +255,11 @@ def _qlinear_matmul(node: Node, ctx: LowerContext) -> Step:
     acc32 = ctx.scratch(out.shape, np.float32)
     acc64 = ctx.scratch(out.shape, np.float64) if len(chunks) > 1 else None
     zero_y = int(np.asarray(zy).reshape(()))
+    zero_a, zero_b = float(np.asarray(za).reshape(())), float(np.asarray(zb).reshape(()))
 
     def run_dynamic() -> None:
-        np.subtract(a, np.float32(za), out=af)  # one pass each, exact: |value| <= 255
-        np.subtract(b, np.float32(zb), out=bf)
+        centre(a, zero_a, af)
+        centre(b, zero_b, bf)
         for i, (k0, k1) in enumerate(chunks):
             simd_matmul(af[..., k0:k1], bf[..., k0:k1, :], acc32)
             if acc64 is not None:
