@@ -12,6 +12,7 @@ from onnx import helper, numpy_helper
 from sparsejit.checkpoints import CheckpointSource, build_checkpoint, is_checkpoint_dir
 from sparsejit.errors import ExternalDataError, ModelLoadError
 from sparsejit.graph.ir import Graph, Node, Shape, Value
+from sparsejit.graph.onnx_file import WeightSpan, read_model_file, read_span
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto | CheckpointSource
 
@@ -28,25 +29,30 @@ def load_onnx(source: ModelSource) -> Graph:
     if isinstance(source, CheckpointSource):
         built = build_checkpoint(source)
         return _convert(built.model, os.getcwd(), built.initializers)
-    model, base_dir = _read_model(source)
+    model, base_dir, spans = _read_model(source)
     if model.functions:
         from onnx import inliner
 
+        if spans:  # inlining copies the graph: read the file whole, as onnx.load does
+            model, base_dir, spans = _read_model(source, whole=True)
         model = inliner.inline_local_functions(model)
-    return _convert(model, base_dir)
+    return _convert(model, base_dir, spans=spans)
 
 
 def read_model_proto(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
-    """The ONNX model itself (no external data read), or `ModelLoadError` saying why it is unusable."""
+    """The ONNX model's structure (graph, inputs, outputs, initializers' names, types and shapes; the
+    bytes of large initializers and external data are not read), or `ModelLoadError` saying why it
+    is unusable."""
     return _read_model(source)[0]
 
 
-def _read_model(source: ModelSource) -> tuple[onnx.ModelProto, str]:
+def _read_model(source: ModelSource, whole: bool = False) -> tuple[onnx.ModelProto, str, dict[int, WeightSpan]]:
+    """(model, directory of its external data, initializers left in the file: see `onnx_file`)."""
     if isinstance(source, onnx.ModelProto):
-        return source, os.getcwd()
+        return source, os.getcwd(), {}
     if isinstance(source, bytes):
         try:
-            return onnx.load_from_string(source), os.getcwd()
+            return onnx.load_from_string(source), os.getcwd(), {}
         except Exception as exc:  # protobuf raises DecodeError and friends
             raise ModelLoadError(f"the bytes given are not a valid ONNX model: {exc}") from exc
     path = Path(source)
@@ -58,6 +64,11 @@ def _read_model(source: ModelSource) -> tuple[onnx.ModelProto, str]:
                                  "weights: save the checkpoint with safe_serialization=True (the default of "
                                  "transformers' save_pretrained) or export it to ONNX")
         raise ModelLoadError(f"no ONNX model file at {str(path)!r}: check the path")
+    read = None if whole else read_model_file(str(path))
+    if read is not None:
+        model, spans = read
+        if model.HasField("graph") and (model.graph.node or model.graph.output):
+            return model, str(path.parent), spans
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
@@ -67,7 +78,7 @@ def _read_model(source: ModelSource) -> tuple[onnx.ModelProto, str]:
         ) from exc
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise ModelLoadError(f"{str(path)!r} holds no ONNX graph: is it really an .onnx file?")
-    return model, str(path.parent)
+    return model, str(path.parent), {}
 
 
 def _np_dtype(elem_type: int) -> np.dtype:
@@ -157,13 +168,17 @@ def _constant_value(node: Node) -> np.ndarray:
     raise ModelLoadError(f"Constant node {node.name!r} has no value form sparsejit reads ({list(attrs)})")
 
 
-def _convert(model: onnx.ModelProto, base_dir: str, arrays: dict[str, np.ndarray] | None = None) -> Graph:
-    """`arrays`: initializers given beside the graph instead of inside it."""
+def _convert(model: onnx.ModelProto, base_dir: str, arrays: dict[str, np.ndarray] | None = None,
+             spans: dict[int, WeightSpan] | None = None) -> Graph:
+    """`arrays`: initializers given beside the graph instead of inside it; `spans`: initializers (by
+    index) whose bytes were left in the model file."""
     g = model.graph
     opsets = {imp.domain or "": int(imp.version) for imp in model.opset_import}
     if "ai.onnx" in opsets and "" not in opsets:
         opsets[""] = opsets.pop("ai.onnx")
-    initializers = {t.name: tensor_to_array(t, base_dir) for t in g.initializer}
+    spans = spans or {}
+    initializers = {t.name: read_span(spans[i]) if i in spans else tensor_to_array(t, base_dir)
+                    for i, t in enumerate(g.initializer)}
     initializers.update(arrays or {})
     nodes: list[Node] = []
     for i, n in enumerate(g.node):

@@ -123,17 +123,20 @@ def pack_b_int8(w: np.ndarray, scale: np.ndarray | float, zero_point: np.ndarray
         raise ValueError(f"panel width must be a positive multiple of 16, got {nr}")
     k, n = (int(s) for s in w.shape)
     shift = 128 if w.dtype == np.uint8 else 0
-    w_s8 = (w.astype(np.int16) - shift).astype(np.int8)
+    # uint8 - 128 as int8 is a flip of the top bit; temporaries stay at one weight's size (large models)
+    w_s8 = (w ^ np.uint8(0x80)).view(np.int8) if shift else w
     zw = _per_column(0 if zero_point is None else zero_point, n, np.int64) - shift
     kp = 4 * max(1, -(-k // 4))
     kpad = 64 * -(-kp // 64) if layout == "amx" else kp
     n_pan = max(1, -(-n // nr))
-    full = np.zeros((kpad, n_pan * nr), dtype=np.int8)
-    full[:k, :n] = w_s8
+    full = w_s8
+    if (kpad, n_pan * nr) != (k, n):
+        full = np.zeros((kpad, n_pan * nr), dtype=np.int8)
+        full[:k, :n] = w_s8
     data = _aligned_empty((n_pan * kpad * nr,), np.int8)
-    data[:] = full.reshape(kpad // 4, 4, n_pan, nr).transpose(2, 0, 3, 1).reshape(-1)
+    np.copyto(data.reshape(n_pan, kpad // 4, nr, 4), full.reshape(kpad // 4, 4, n_pan, nr).transpose(2, 0, 3, 1))
     colsum = np.zeros(n_pan * nr, dtype=np.int32)
-    colsum[:n] = w_s8.astype(np.int64).sum(axis=0)
+    colsum[:n] = w_s8.sum(axis=0, dtype=np.int64)
     zero = np.zeros(n_pan * nr, dtype=np.int32)
     zero[:n] = zw
     sc = np.zeros(n_pan * nr, dtype=np.float32)

@@ -28,7 +28,7 @@ from sparsejit.plan.buckets import (
     make_buckets,
     max_batch_for,
 )
-from sparsejit.plan.plan import Plan
+from sparsejit.plan.plan import Plan, release_weight_form
 from sparsejit.plan.precision import product_kernels, resolve_precision
 
 # Merging an attention's Q/K/V int8 products pays up to this many rows with the AVX-512 VNNI products
@@ -98,16 +98,9 @@ class Engine:
         Weights kept packed or compressed by their kernels lose their unpacked copy, and the plans their
         int8 provenance records (the folded model's data went before the last bucket was lowered).
         """
-        released = set()
-        for key, value in self._weight_cache.items():
-            if isinstance(key, tuple) and key[0] == "weight_kernels":
-                value.release_weight()
-                released.add(key[1])
-            elif isinstance(key, tuple) and key[0] == "packed_int8":  # QLinearMatMul's constant weight
-                released.add(key[1])
         for plan in self._plans.values():
-            for name in released:
-                plan.graph.initializers.pop(name, None)
+            for name in [n for n in plan.graph.initializers if release_weight_form(self._weight_cache, n)]:
+                del plan.graph.initializers[name]
             plan.graph.int8_sources.clear()
         self._compiled = True  # the folded model went with the last bucket: `_make_plan` refuses now
         return_freed_memory()
@@ -124,7 +117,7 @@ class Engine:
             return_freed_memory()
         label = "bucket " + "x".join(str(d) for d in next(iter(shapes.values()))) if shapes else "model"
         with thread_count(self.num_threads):  # kernels are chosen and tiled for the threads that run them
-            return Plan(graph, self._weight_cache, label, self.precision)
+            return Plan(graph, self._weight_cache, label, self.precision, release_weights=last)
 
     # ---- description -------------------------------------------------------------------------
     @property

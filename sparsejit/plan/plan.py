@@ -28,10 +28,38 @@ def _view(node, ctx):  # views were bound to their input's buffer by the memory 
     return None
 
 
+def _last_readers(graph: Graph) -> dict[str, int]:
+    """Index of the last node reading each initializer that is not a graph output."""
+    outputs = set(graph.output_names)
+    last: dict[str, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            if name in graph.initializers and name not in outputs:
+                last[name] = i
+    return last
+
+
+def release_weight_form(weight_cache: dict, name: str) -> bool:
+    """Let the kernels built from initializer `name` drop their unpacked copy of it; True when such a
+    kernel form exists, so the model's own copy may go too (every bucket must have chosen its kernel)."""
+    found = False
+    for key, value in weight_cache.items():
+        if isinstance(key, tuple) and len(key) > 1 and key[1] == name:
+            if key[0] == "weight_kernels":
+                value.release_weight()
+                found = True
+            elif key[0] == "packed_int8":  # QLinearMatMul's constant weight
+                found = True
+    return found
+
+
 class Plan:
     """Runs one bucket shape. Not re-entrant: `lock` serialises callers sharing the buffers."""
 
-    def __init__(self, graph: Graph, weight_cache: dict, label: str = "", precision: str = "fp32") -> None:
+    def __init__(self, graph: Graph, weight_cache: dict, label: str = "", precision: str = "fp32",
+                 release_weights: bool = False) -> None:
+        """`release_weights`: no plan is lowered after this one, so each weight kept in a kernel's own
+        form (`release_weight_form`) loses its model copy as soon as its last reader is lowered."""
         check_supported(graph)
         self.graph = graph
         memory = plan_memory(graph)
@@ -50,9 +78,13 @@ class Plan:
         self.inputs = {v.name: arrays[v.name] for v in graph.inputs}
         ctx = LowerContext(graph, arrays, weight_cache, precision)
         lowered = []
-        for node in graph.nodes:
+        last_reader = _last_readers(graph) if release_weights else {}
+        for i, node in enumerate(graph.nodes):
             ctx.scratch_pool.begin_step()
             lowered.append((node, lower(node, ctx)))
+            for name in node.inputs:
+                if last_reader.get(name) == i and release_weight_form(weight_cache, name):
+                    del graph.initializers[name]
         self.steps = [step for _, step in lowered if step is not None]
         self.step_nodes = [node for node, step in lowered if step is not None]
         self.outputs = {v.name: arrays[v.name] if v.name in arrays else graph.initializers[v.name]

@@ -70,12 +70,11 @@ class QWeightKernels(TimedChoice):
         self.packed = packed
         self._w: np.ndarray | None = None
         self.sparsity = 0.0
-        if not packed.has_zero:
-            w = packed.unpack().astype(np.int8)
-            self.sparsity = float(1.0 - np.count_nonzero(w) / max(1, w.size))
+        if not packed.has_zero:  # the packed bytes are the weight's, padded with zeros
+            self.sparsity = float(1.0 - np.count_nonzero(packed.data) / max(1, packed.k * packed.n))
             forced = _requested_policy() != "auto"  # an unknown value is reported when a kernel is chosen
             if self.sparsity >= MIN_SPARSITY or forced:  # kept only for the sparse forms
-                self._w = w
+                self._w = packed.unpack().astype(np.int8)
         self._forms: dict[str, Any] = {"dense": packed}
         self._chosen: set[str] = set()
         self._digest: str | None = None
@@ -136,7 +135,7 @@ class QWeightKernels(TimedChoice):
         if "dense" not in self._chosen and self._chosen:
             # the epilogue vectors still need colsum/scale/zero, not the packed bytes
             self.packed = dataclasses.replace(self.packed, data=np.zeros(64, np.int8))
-            del self._forms["dense"]
+            self._forms.pop("dense", None)
         self._w = None
 
     def _describe(self) -> dict[str, Any]:
