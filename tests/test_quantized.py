@@ -407,6 +407,39 @@ def test_quantize_rows_matches_onnxruntime_quantize_linear(m: int, k: int, zero:
     assert (m * k >= q._PARALLEL_MIN) == (m == 400)
 
 
+@pytest.mark.parametrize("m,k", [(5, 200), (400, 700)])
+def test_quantize_rows_with_multiplier_matches_onnxruntime_mul_then_quantize(m: int, k: int) -> None:
+    """A per-column multiplier (NNCF's SmoothQuant Mul folded into the quantiser) rounds as the graph's
+    Mul -> QuantizeLinear does in onnxruntime, bit for bit, serial and parallel, body and tail."""
+    from sparsejit.kernels import quantize as q
+
+    rng = np.random.default_rng(k + 1)
+    scale, zero = np.float32(0.041), 119
+    x = (rng.standard_normal((m, k)) * 6).astype(np.float32)
+    mult = rng.uniform(0.05, 3.0, k).astype(np.float32)
+    x[0, :10] = ((np.arange(10) - 5 + 0.5) * scale / mult[:10]).astype(np.float32)  # products near ties
+    node_mul = oh.make_node("Mul", ["x", "c"], ["xc"])
+    node_q = oh.make_node("QuantizeLinear", ["xc", "s", "z"], ["y"])
+    graph = oh.make_graph([node_mul, node_q], "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                          [oh.make_tensor_value_info("y", TensorProto.UINT8, None)],
+                          initializer=[oh.make_tensor("c", TensorProto.FLOAT, [1, k], mult),
+                                       oh.make_tensor("s", TensorProto.FLOAT, [], [scale]),
+                                       oh.make_tensor("z", TensorProto.UINT8, [], [zero])])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 9
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    y = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    aq = np.full((m, k + 4), 9, np.uint8)
+    rowsum = np.empty(m, np.int32)
+    q.quantize_rows(x, aq, scale, zero, rowsum, multiplier=mult)
+    np.testing.assert_array_equal(aq[:, :k], y)
+    assert not aq[:, k:].any()
+    np.testing.assert_array_equal(rowsum, y.astype(np.int64).sum(1))
+    with pytest.raises(ValueError, match="multiplier"):
+        q.quantize_rows(x, aq, scale, zero, multiplier=mult[:-1])
+
+
 @pytest.mark.parametrize("m,k,kp", [(7, 70, 72), (128, 768, 768), (300, 1000, 1000)])
 def test_dynamic_quantize_rows_matches_onnxruntime(m: int, k: int, kp: int) -> None:
     """One call does min/max, parameters and quantiser (on the calling thread below `_PARALLEL_MIN`

@@ -20,6 +20,7 @@ from sparsejit.graph import (
     qkv_merge,
     quant_fusion,
     redundant_requantize,
+    smooth_quant,
 )
 from sparsejit.graph.ir import Graph
 from sparsejit.graph.pass_context import PassContext
@@ -27,9 +28,11 @@ from sparsejit.graph.rewrite import check_well_formed
 
 # Order matters: the int8 products must exist before their epilogues fuse and before redundant Q -> DQ
 # pairs go (quant_fusion reads the pairs in front of a MatMul); attention reads the fused
-# products; Q/K/V merging reads the fused attention; CSE runs before the elementwise chains are fused
-# (it does not look inside fused chains).
-PASSES = (quant_fusion, redundant_requantize, matmul_epilogue, attention, qkv_merge, cse, elementwise_chains)
+# products; Q/K/V merging reads the fused attention; a per-channel Mul folds into the (merged) products'
+# quantisers before the elementwise chains could take it; CSE runs before the elementwise chains are
+# fused (it does not look inside fused chains).
+PASSES = (quant_fusion, redundant_requantize, matmul_epilogue, attention, qkv_merge, smooth_quant, cse,
+          elementwise_chains)
 
 _dump_counter = itertools.count()
 

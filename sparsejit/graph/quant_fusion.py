@@ -9,7 +9,8 @@
 - then a bias `Add`, an activation (recognised numerically, see `epilogue`) and a residual `Add`
   after each QMatMul move into its epilogue; nodes left without consumers are removed.
 
-QMatMul inputs: [x, w_q, w_scale, w_zero | "", bias | "", residual | ""]; attrs: mode ("static" |
+QMatMul inputs: [x, w_q, w_scale, w_zero | "", bias | "", residual | "", x_multiplier (optional, from
+`smooth_quant`)]; attrs: mode ("static" |
 "dynamic"), a_scale, a_zero (static; the zero point in the uint8 domain: int8 zero points + 128),
 activation.
 """

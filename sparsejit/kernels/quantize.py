@@ -28,6 +28,7 @@ from sparsejit.kernels.simd import (
     vload_mask,
     vmax,
     vmin,
+    vmul,
     vzero,
 )
 from sparsejit.kernels.simd_int8 import (
@@ -51,6 +52,7 @@ configure_threading()
 
 _PARALLEL_MIN = 1 << 18
 _NO_ROWSUM = np.zeros(1, dtype=np.int32)
+_NO_MULTIPLIER = np.zeros(16, dtype=np.float32)
 
 
 @njit(inline="always", cache=True)
@@ -98,8 +100,18 @@ def _quantized_lanes(v, s, z, flo, fhi):  # type: ignore[no-untyped-def]
 
 
 @njit(inline="always", cache=True)
-def _quantize_row(x, xo, out, oo, K, KP, scale, zp):  # type: ignore[no-untyped-def]
-    """Quantise x[xo:xo+K] into out[oo:oo+KP] (zeros past K); returns the sum of the K values."""
+def _row_values(x, xo, j, cm, use_cm):  # type: ignore[no-untyped-def]
+    """x[xo+j : xo+j+16], times cm[j : j+16] when `use_cm` (float32 products, as a graph's Mul makes them)."""
+    v = vload(x, xo + j)
+    if use_cm:
+        v = vmul(v, vload(cm, j))
+    return v
+
+
+@njit(inline="always", cache=True)
+def _quantize_row(x, xo, out, oo, K, KP, scale, zp, cm, use_cm):  # type: ignore[no-untyped-def]
+    """Quantise x[xo:xo+K] (times cm[:K] first when `use_cm`) into out[oo:oo+KP] (zeros past K); returns the
+    sum of the K values."""
     s = vbroadcast(scale)
     z = vibroadcast(zp)
     lo = vizero()
@@ -109,17 +121,20 @@ def _quantize_row(x, xo, out, oo, K, KP, scale, zp):  # type: ignore[no-untyped-
     sums = vizero()
     j = 0
     while j + 64 <= K:  # 64 at a time: saturated and packed in registers, one 64-byte store
-        packed = vpack_u8x4(_quantized_lanes(vload(x, xo + j), s, z, flo, fhi),
-                            _quantized_lanes(vload(x, xo + j + 16), s, z, flo, fhi),
-                            _quantized_lanes(vload(x, xo + j + 32), s, z, flo, fhi),
-                            _quantized_lanes(vload(x, xo + j + 48), s, z, flo, fhi))
+        packed = vpack_u8x4(_quantized_lanes(_row_values(x, xo, j, cm, use_cm), s, z, flo, fhi),
+                            _quantized_lanes(_row_values(x, xo, j + 16, cm, use_cm), s, z, flo, fhi),
+                            _quantized_lanes(_row_values(x, xo, j + 32, cm, use_cm), s, z, flo, fhi),
+                            _quantized_lanes(_row_values(x, xo, j + 48, cm, use_cm), s, z, flo, fhi))
         vistore(out, oo + j, packed)
         sums = vsum_bytes(sums, packed)
         j += 64
     acc = vizero()
     while j < K:
         n = min(16, K - j)
-        q = vimin(vimax(_quantized_lanes(vload_mask(x, xo + j, n), s, z, flo, fhi), lo), hi)
+        v = vload_mask(x, xo + j, n)
+        if use_cm:
+            v = vmul(v, vload_mask(cm, j, n))
+        q = vimin(vimax(_quantized_lanes(v, s, z, flo, fhi), lo), hi)
         vstore_bytes_mask(out, oo + j, q, n)
         acc = viadd(acc, q)
         j += 16
@@ -130,17 +145,17 @@ def _quantize_row(x, xo, out, oo, K, KP, scale, zp):  # type: ignore[no-untyped-
 
 
 @njit(cache=True)
-def _quantize_serial(x, out, rowsum, M, K, KP, scale, zp, want_rowsum):  # type: ignore[no-untyped-def]
+def _quantize_serial(x, out, rowsum, M, K, KP, scale, zp, want_rowsum, cm, use_cm):  # type: ignore[no-untyped-def]
     for r in range(M):
-        t = _quantize_row(x, r * K, out, r * KP, K, KP, scale, zp)
+        t = _quantize_row(x, r * K, out, r * KP, K, KP, scale, zp, cm, use_cm)
         if want_rowsum:
             rowsum[r] = t
 
 
 @njit(parallel=True, cache=True)
-def _quantize_parallel(x, out, rowsum, M, K, KP, scale, zp, want_rowsum):  # type: ignore[no-untyped-def]
+def _quantize_parallel(x, out, rowsum, M, K, KP, scale, zp, want_rowsum, cm, use_cm):  # type: ignore[no-untyped-def]
     for r in prange(M):
-        t = _quantize_row(x, r * K, out, r * KP, K, KP, scale, zp)
+        t = _quantize_row(x, r * K, out, r * KP, K, KP, scale, zp, cm, use_cm)
         if want_rowsum:
             rowsum[r] = t
 
@@ -149,7 +164,7 @@ def _quantize_parallel(x, out, rowsum, M, K, KP, scale, zp, want_rowsum):  # typ
 def _dynamic_serial(x, out, rowsum, M, K, KP, want_rowsum):  # type: ignore[no-untyped-def]
     mn, mx = _minmax(x, 0, M * K)
     scale, zp = _range_params(mn, mx)
-    _quantize_serial(x, out, rowsum, M, K, KP, scale, zp, want_rowsum)
+    _quantize_serial(x, out, rowsum, M, K, KP, scale, zp, want_rowsum, _NO_MULTIPLIER, False)
     return scale, zp
 
 
@@ -162,7 +177,7 @@ def _dynamic_parallel(x, out, rowsum, M, K, KP, n_chunks, want_rowsum):  # type:
     for c in prange(n_chunks):
         part_min[c], part_max[c] = _minmax(x, min(n, c * chunk), min(n, c * chunk + chunk))
     scale, zp = _range_params(part_min.min(), part_max.max())
-    _quantize_parallel(x, out, rowsum, M, K, KP, scale, zp, want_rowsum)
+    _quantize_parallel(x, out, rowsum, M, K, KP, scale, zp, want_rowsum, _NO_MULTIPLIER, False)
     return scale, zp
 
 
@@ -175,16 +190,20 @@ def _rows(x: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, int, int, int]:
 
 
 def quantize_rows(x: np.ndarray, out: np.ndarray, scale: float, zero_point: int,
-                  rowsum: np.ndarray | None = None) -> None:
+                  rowsum: np.ndarray | None = None, multiplier: np.ndarray | None = None) -> None:
     """out[m, :K] = clamp(rint(x[m] / scale) + zero_point, 0, 255) as uint8; out[m, K:KP] = 0.
 
     `x` is float32 [..., K], `out` uint8 [M, KP]; `rowsum[m]` (int32) gets the sum of row m's
-    quantised values when given.
+    quantised values when given. `multiplier` (float32 [K]): quantise x[m] * multiplier instead, each
+    product rounded to float32 first, as a `Mul` node before the `QuantizeLinear` computes it.
     """
     flat, m, k, kp = _rows(x, out)
+    if multiplier is not None and (multiplier.dtype != np.float32 or multiplier.shape != (k,)):
+        raise ValueError(f"multiplier must be float32 [{k}], got {multiplier.dtype} {multiplier.shape}")
     kernel = _quantize_parallel if flat.size >= _PARALLEL_MIN else _quantize_serial
     kernel(flat, out.reshape(-1), _NO_ROWSUM if rowsum is None else rowsum, m, k, kp, np.float32(scale),
-           int(zero_point), rowsum is not None)
+           int(zero_point), rowsum is not None, _NO_MULTIPLIER if multiplier is None else multiplier,
+           multiplier is not None)
 
 
 def dynamic_quantize_rows(x: np.ndarray, out: np.ndarray,

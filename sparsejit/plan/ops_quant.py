@@ -411,7 +411,11 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
     m = x.size // packed.k
     a_scale = float(node.attrs.get("a_scale", 1.0))
     a_zero = int(node.attrs.get("a_zero", 0))
-    key = ("__qmatmul_act__", node.inputs[0], mode, a_scale, a_zero, packed.kp)
+    mult_name = node.inputs[6] if len(node.inputs) > 6 else ""  # graph.smooth_quant's per-channel scale
+    multiplier = ctx.const(mult_name) if mult_name else None
+    if mult_name and (multiplier is None or mode != "static"):
+        raise UnsupportedOperatorError(node.op_type, node.domain, node.name, "a run-time or dynamic-mode multiplier")
+    key = ("__qmatmul_act__", node.inputs[0], mode, a_scale, a_zero, packed.kp, mult_name)
     shared = ctx.arrays.get(key)  # type: ignore[call-overload]
     first = shared is None
     if first:
@@ -432,7 +436,7 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
 
         def run_static() -> None:
             if first:
-                quantize_rows(x, shared.aq, a_scale, a_zero, shared.rowsum)
+                quantize_rows(x, shared.aq, a_scale, a_zero, shared.rowsum, multiplier)
             product(comp, scale)
 
         return run_static
