@@ -43,7 +43,8 @@ print(time.perf_counter() - t)
 
 def model_for(form: str) -> Path:
     """The BERT-base file of `form` (built once, cached beside the zoo models; forms of
-    `tests.int8_exporters` plus ``fp32`` and ``sparse-int8``)."""
+    `tests.int8_exporters` plus ``fp32``, ``sparse-int8`` (90 % pruned in 4x16 blocks, `quantize_dynamic`)
+    and ``sparse-qdq`` (the same pruned model, `quantize_static` with its defaults))."""
     from bench.bench_sparse import pruned_bert
     from tests import zoo
     from tests.int8_exporters import quantize_as
@@ -53,15 +54,19 @@ def model_for(form: str) -> Path:
         return base / "model.onnx"
     if form == "sparse-int8":
         return pruned_bert("4x16+int8", 0.9)
+    pruned = form == "sparse-qdq"
+    if pruned:
+        form = "qdq"
 
     def build(d: Path) -> dict[str, Any]:
         # unpadded: a padded batch puts the attention mask's -inf into the calibrated ranges
         feeds = [zoo.make_inputs(base, 4, 128, seed=100 + i, padded=False) for i in range(4)]
-        quantize_as(form, base / "model.onnx", d / "model.onnx", feeds)
+        quantize_as(form, pruned_bert("4x16", 0.9) if pruned else base / "model.onnx", d / "model.onnx", feeds)
         return {}
 
-    return zoo._cached_build(f"defaults-{form}-bert-base", {"form": form, "calibration": "unpadded"},
-                             build) / "model.onnx"
+    name = f"defaults-{form}-bert-base" + ("-4x16-90" if pruned else "")
+    params = {"form": form, "calibration": "unpadded", **({"pruned": "4x16-90"} if pruned else {})}
+    return zoo._cached_build(name, params, build) / "model.onnx"
 
 
 def _compile_seconds(model: Path, cache: str) -> float:

@@ -39,6 +39,7 @@ from bench.compile_time import _compile_seconds, model_for  # noqa: E402
 
 FORMS = ("fp32", "dynamic", "qdq", "qdq-pc", "qop", "optimum-vnni-dynamic", "optimum-vnni-static",
          "optimum-avx2-dynamic", "optimum-avx2-static", "st-dynamic", "nncf")
+EXTRA_FORMS = ("sparse-int8", "sparse-qdq")  # pruned 90 % in 4x16 blocks: `--forms sparse-int8,sparse-qdq`
 
 _MEMORY = """
 import json, sys

@@ -75,6 +75,33 @@ def test_4x1_qgemm_equals_dense_vnni(m: int, k: int, n: int, act: str | None) ->
         np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("points", ["all three", "no product rounding"])
+def test_sparse_kernels_round_a_qdq_epilogue_as_the_dense_one(points: str) -> None:
+    """Static QDQ graphs round the product, the biased sum and the residual sum (`fake_quant`): the sparse
+    kernels take the same roundings as the dense VNNI kernel, bit for bit, and the roundings do change it."""
+    from sparsejit.kernels.simd_int8 import fake_quant_params
+
+    rng = np.random.default_rng(17)
+    m, k, n, act = 37, 256, 96, "gelu_erf"
+    product = None if points == "no product rounding" else [0.05, -128.0, 127.0]
+    fq = fake_quant_params([product, [0.04, 0.0, 255.0], [0.03, -128.0, 127.0]], 3)
+    for bw, w_bw in ((16, 16), (32, 16), (1, 1)):
+        w = _pruned_int8(rng, k, n, 0.8, bw=w_bw)
+        packed, a_q, comp, scale, bias, res = _operands(rng, m, w)
+        for residual in (None, res):
+            ref = np.empty((m, n), np.float32)
+            qgemm(a_q, packed, ref, comp, scale, bias, act, residual, fake_quant=fq)
+            plain = np.empty((m, n), np.float32)
+            qgemm(a_q, packed, plain, comp, scale, bias, act, residual)
+            assert not np.array_equal(ref, plain)
+            got = np.full((m, n), np.nan, np.float32)
+            if bw == 1:
+                SQ1.ksparse_qgemm(a_q, SQ1.ksparse_int8(w), got, comp, scale, bias, act, residual, fake_quant=fq)
+            else:
+                SQ.block_qgemm(a_q, SQ.block_sparse_int8(w, bw), got, comp, scale, bias, act, residual, fake_quant=fq)
+            np.testing.assert_array_equal(got, ref)
+
+
 def test_4x1_storage_and_errors() -> None:
     rng = np.random.default_rng(3)
     w = _pruned_int8(rng, 768, 768, 0.9, bw=1)
@@ -208,3 +235,49 @@ def test_pruned_int8_model_matches_onnxruntime(monkeypatch: pytest.MonkeyPatch, 
     # same integer products and epilogue whichever kernel runs: bit-identical outputs
     for policy in ("qblock1", "qblock16", "qblock32", "auto"):
         np.testing.assert_array_equal(outputs[policy], outputs["dense"])
+
+
+@pytest.fixture(scope="module")
+def pruned_static_qdq_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The same pruned model quantised by `quantize_static` with its defaults (QDQ, every op type: the
+    products' epilogues round where the Q -> DQ pairs after them say)."""
+    pytest.importorskip("onnxruntime.quantization")
+    from sparsejit.sparsify import sparsify
+    from tests import zoo
+    from tests.int8_exporters import quantize_as
+
+    src = zoo.random_encoder("distilbert", head="sequence_classification")
+    d = tmp_path_factory.mktemp("pruned-qdq")
+    sparsify(src, d / "fp32.onnx", sparsity=0.9, structure="4x16")
+    feeds = [zoo.make_inputs(src, 2, 48, seed=200 + i, padded=False) for i in range(2)]
+    quantize_as("qdq", d / "fp32.onnx", d / "model.onnx", feeds)
+    return d / "model.onnx"
+
+
+def test_pruned_static_qdq_model_runs_sparse_with_the_graphs_roundings(monkeypatch: pytest.MonkeyPatch,
+                                                                        pruned_static_qdq_model) -> None:
+    """Every sparse kernel gives the dense kernel's outputs bit for bit (same integers, same roundings);
+    the dense one is within the QDQ forms' distance of onnxruntime's literal run (test_int8_as_exported)."""
+    ort = pytest.importorskip("onnxruntime")
+    import sparsejit
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(pruned_static_qdq_model), so, providers=["CPUExecutionProvider"])
+    feed = _feed(sess)
+    padded = {k: np.pad(v, ((0, 0), (0, 48 - v.shape[1]))) for k, v in feed.items()}
+    ref = sess.run(None, padded)[0]
+    outputs = {}
+    for policy in ("dense", "qblock1", "qblock16", "auto"):
+        monkeypatch.setenv(QC.ENV_QPOLICY, policy)
+        engine = sparsejit.compile(pruned_static_qdq_model, batch_size=2, sequence_length=48)
+        plan = next(iter(engine._plans.values()))
+        assert any(n.attrs.get("fake_quant") for n in plan.step_nodes if n.op_type == "QMatMul")
+        chosen = {n for key, wk in engine._weight_cache.items()
+                  if key[0] == "weight_kernels" and isinstance(wk, QC.QWeightKernels) for n in wk._chosen}
+        assert chosen and (policy == "auto" or chosen == {policy}), (policy, chosen)
+        outputs[policy] = engine.run(feed)[sess.get_outputs()[0].name]
+    for policy in ("qblock1", "qblock16", "auto"):
+        np.testing.assert_array_equal(outputs[policy], outputs["dense"])
+    # a QDQ graph's roundings amplify one-ulp float differences into whole quantisation steps
+    np.testing.assert_allclose(outputs["dense"], ref, atol=0.1 * float(np.abs(ref).max()))

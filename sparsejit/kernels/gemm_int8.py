@@ -219,7 +219,8 @@ _NO_FAKE_QUANT = np.zeros(12, dtype=np.float32)
 
 def qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, comp: np.ndarray, scale: np.ndarray,
           bias: np.ndarray | None = None, activation: str | None = None, residual: np.ndarray | None = None,
-          rowsum: np.ndarray | None = None, out_zero: int = 0, mr: int | None = None) -> None:
+          rowsum: np.ndarray | None = None, out_zero: int = 0, mr: int | None = None,
+          fake_quant: np.ndarray | None = None) -> None:
     """Run the int8 GEMM on the quantised activation scratch `a_q` (uint8 [M, KP]).
 
     `comp` (int32) and `scale` (float32) are per-column vectors of `n_panels * NR` entries (see the
@@ -227,7 +228,7 @@ def qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, comp: np.ndarray
     `activation`, `residual` fused) or uint8/int8 [..., N] (requantised with `out_zero`, saturating).
     `rowsum` (int32 [M]) is required when the weight has a non-zero zero point.
     """
-    bind_qgemm(a_q, packed, out, bias, activation, residual, rowsum, out_zero, mr)(comp, scale)
+    bind_qgemm(a_q, packed, out, bias, activation, residual, rowsum, out_zero, mr, fake_quant)(comp, scale)
 
 
 def bind_qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, bias: np.ndarray | None = None,

@@ -140,14 +140,20 @@ def row_epilogue(acc: Callable[[int], str], row_index: str, nv: int, width: int,
                       f"{ind}q = vimin(vimax(viadd(vcvt_f2i(f), zyv), qlov), qhiv)",
                       f"{ind}vstore_bytes_mask(out, row + {16 * v}, q, {lanes})"]
             continue
-        if fake_quant:
-            lines += [f"{ind}if fq[0] != 0.0:",
-                      f"{ind}    f = vadd(vfake_quant(vmul(vcvt_i2f(x), s{v}), fq, 0), e{v})",
-                      f"{ind}else:",
-                      f"{ind}    f = vfma(vcvt_i2f(x), s{v}, e{v})",
-                      f"{ind}f = vfake_quant(f, fq, 1)"]
-        else:
-            lines.append(f"{ind}f = vfma(vcvt_i2f(x), s{v}, e{v})")
+        lines += dequantize_add_bias("x", f"s{v}", f"e{v}", ind, fake_quant)
         lines += activate_add_store(act, v, lanes, ind, "vstore_nt" if nt else "vstore", round_last=fake_quant)
     return lines
+
+
+def dequantize_add_bias(x: str, s: str, e: str, ind: str, fake_quant: bool) -> list[str]:
+    """Generated-code lines setting `f` = float(x) * s + e from the corrected int32 vector `x`; with
+    `fake_quant`, rounded where a QDQ graph's Q -> DQ pairs do: the product before the bias (point 0 of
+    `fq`, when it has one) and the sum after it (point 1); see `simd_int8.vfake_quant`."""
+    if not fake_quant:
+        return [f"{ind}f = vfma(vcvt_i2f({x}), {s}, {e})"]
+    return [f"{ind}if fq[0] != 0.0:",
+            f"{ind}    f = vadd(vfake_quant(vmul(vcvt_i2f({x}), {s}), fq, 0), {e})",
+            f"{ind}else:",
+            f"{ind}    f = vfma(vcvt_i2f({x}), {s}, {e})",
+            f"{ind}f = vfake_quant(f, fq, 1)"]
 

@@ -98,11 +98,11 @@ class QWeightKernels(TimedChoice):
             self._forms[name] = form
         return form
 
-    def _kernel(self, name: str, activation: str | None) -> QKernel:
+    def _kernel(self, name: str, activation: str | None, fake_quant: np.ndarray | None = None) -> QKernel:
         form = self._form(name)
         if name == "dense":
             def dense(a_q, out, comp, scale, bias=None, residual=None, rowsum=None):  # type: ignore[no-untyped-def]
-                qgemm(a_q, form, out, comp, scale, bias, activation, residual, rowsum)
+                qgemm(a_q, form, out, comp, scale, bias, activation, residual, rowsum, fake_quant=fake_quant)
             return dense
 
         if name == "qblock1":
@@ -112,18 +112,21 @@ class QWeightKernels(TimedChoice):
                 size = sq1.lanes_scratch_size(a_q.shape[0], form.kp)
                 if not scratch or scratch[0].size < size:
                     scratch[:] = [np.empty(size, np.int32)]
-                sq1.ksparse_qgemm(a_q, form, out, comp, scale, bias, activation, residual, scratch[0])
+                sq1.ksparse_qgemm(a_q, form, out, comp, scale, bias, activation, residual, scratch[0], fake_quant)
             return lanes
 
         def block(a_q, out, comp, scale, bias=None, residual=None, rowsum=None):  # type: ignore[no-untyped-def]
-            sq.block_qgemm(a_q, form, out, comp, scale, bias, activation, residual)
+            sq.block_qgemm(a_q, form, out, comp, scale, bias, activation, residual, fake_quant)
         return block
 
-    def choose(self, m: int, activation: str | None) -> tuple[str, QKernel]:
-        """(name, kernel) of the fastest kernel for M rows (timed once, cached in memory and on disk)."""
+    def choose(self, m: int, activation: str | None,
+               fake_quant: np.ndarray | None = None) -> tuple[str, QKernel]:
+        """(name, kernel) of the fastest kernel for M rows (timed once, cached in memory and on disk);
+        `fake_quant` (`simd_int8.fake_quant_params`): the kernel rounds its epilogue as a QDQ graph says
+        (timed without: the roundings cost every candidate the same, once per output element)."""
         chosen = self._decide(m, activation)
         self._chosen.add(chosen)
-        kernel = self._kernel(chosen, activation)
+        kernel = self._kernel(chosen, activation, fake_quant)
         self._forms = {n: f for n, f in self._forms.items() if n in self._chosen or n == "dense"}
         return chosen, kernel
 
