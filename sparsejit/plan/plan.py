@@ -82,7 +82,7 @@ class Plan:
         for i, node in enumerate(graph.nodes):
             ctx.scratch_pool.begin_step()
             lowered.append((node, lower(node, ctx)))
-            for name in node.inputs:
+            for name in dict.fromkeys(node.inputs):  # a weight read twice by one node is released once
                 if last_reader.get(name) == i and release_weight_form(weight_cache, name):
                     del graph.initializers[name]
         self.steps = [step for _, step in lowered if step is not None]
