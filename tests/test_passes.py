@@ -332,6 +332,84 @@ def test_rounded_bias_and_residual_fuse_into_the_int8_product(tmp_path, allowed:
         assert "fake_quant" not in products[0].attrs and len(after.nodes) > 1
 
 
+def _rounded_gelu_model(tmp_path):  # type: ignore[no-untyped-def]
+    """x -> Q/DQ -> MatMul(DQ(W int8)) -> Q/DQ -> + bias -> Q/DQ -> GELU with erf(.) and 1 + erf(.) each
+    rounded (Div, Erf, Q/DQ, Add 1, Q/DQ, Mul, Mul 0.5: quantize_static's default GELU) -> y."""
+    def pair(src: str, dst: str, grid: str) -> list[onnx.NodeProto]:
+        return [oh.make_node("QuantizeLinear", [src, f"s{grid}", f"z{grid}"], [dst + "_q"]),
+                oh.make_node("DequantizeLinear", [dst + "_q", f"s{grid}", f"z{grid}"], [dst])]
+
+    w = RNG.integers(-127, 128, (32, 48)).astype(np.int8)
+    inits = [nh.from_array(w, "Wq"), nh.from_array(np.array(0.01, np.float32), "sw"),
+             nh.from_array(np.array(0, np.int8), "zw"), nh.from_array(_w(48), "bias"),
+             nh.from_array(np.array(1.4142135, np.float32), "sqrt2"), nh.from_array(np.array(1.0, np.float32), "one"),
+             nh.from_array(np.array(0.5, np.float32), "half")]
+    for i, (s, z, dt) in enumerate([(0.03, 128, np.uint8), (0.05, 120, np.uint8), (0.06, 131, np.uint8),
+                                     (1 / 127, 0, np.int8), (2 / 255, 0, np.uint8)]):
+        inits += [nh.from_array(np.array(s, np.float32), f"s{i}"), nh.from_array(np.array(z, dt), f"z{i}")]
+    nodes = (pair("x", "xd", "0") + [oh.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["W"]),
+                                       oh.make_node("MatMul", ["xd", "W"], ["m"])]
+             + pair("m", "md", "1") + [oh.make_node("Add", ["md", "bias"], ["a"])] + pair("a", "ad", "2")
+             + [oh.make_node("Div", ["ad", "sqrt2"], ["d"]), oh.make_node("Erf", ["d"], ["e"])] + pair("e", "ed", "3")
+             + [oh.make_node("Add", ["ed", "one"], ["p"])] + pair("p", "pd", "4")
+             + [oh.make_node("Mul", ["ad", "pd"], ["g"]), oh.make_node("Mul", ["g", "half"], ["y"])])
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [8, 32])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [8, 48])], inits)
+    path = tmp_path / "gelu.onnx"
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_rounded_gelu_fuses_into_the_int8_product(tmp_path) -> None:
+    """Before: MatMul, bias and GELU with five Q -> DQ roundings. Expected: one QMatMul, activation gelu_erf,
+    rounding points 0, 1 (product, biased sum), 3, 4 (erf, 1 + erf)."""
+    graph = specialise(fold_constants(load_onnx(onnx.load(str(_rounded_gelu_model(tmp_path))))), {"x": (8, 32)})
+    ctx = PassContext(attention_head_multiple=16, qkv_merge_max_rows=None, int8_fake_quant_epilogue=True)
+    after = quant_fusion.run(graph, ctx)
+    assert [n.op_type for n in after.nodes] == ["QMatMul"]
+    product = after.nodes[0]
+    assert product.attrs["activation"] == "gelu_erf" and product.outputs == ["y"]
+    fq = product.attrs["fake_quant"]
+    assert [p and p[0] for p in fq] == pytest.approx([0.05, 0.06, None, 1 / 127, 2 / 255])
+    assert fq[3][1:] == [-128.0, 127.0] and fq[4][1:] == [0.0, 255.0]
+
+
+def test_gelu_rounded_elsewhere_is_not_fused(tmp_path) -> None:
+    """A rounding of x / sqrt 2 (not one the kernel has a point for) keeps the GELU out of the product."""
+    model = onnx.load(str(_rounded_gelu_model(tmp_path)))
+    nodes = list(model.graph.node)
+    div = next(i for i, n in enumerate(nodes) if n.op_type == "Div")
+    nodes[div + 1].input[0] = "dd"  # Erf reads a rounded quotient
+    nodes[div + 1:div + 1] = [oh.make_node("QuantizeLinear", ["d", "s3", "z3"], ["dd_q"]),
+                              oh.make_node("DequantizeLinear", ["dd_q", "s3", "z3"], ["dd"])]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    graph = specialise(fold_constants(load_onnx(model)), {"x": (8, 32)})
+    ctx = PassContext(attention_head_multiple=16, qkv_merge_max_rows=None, int8_fake_quant_epilogue=True)
+    after = quant_fusion.run(graph, ctx)
+    product = next(n for n in after.nodes if n.op_type == "QMatMul")
+    assert product.attrs["activation"] is None and "Erf" in [n.op_type for n in after.nodes]
+
+
+def test_rounded_gelu_matches_onnxruntime(tmp_path) -> None:
+    """Against onnxruntime's literal graph: the int8 sums are exact where the float MatMul rounds, and the
+    kernel's erf is not onnxruntime's, so a rounding may land one step away; elsewhere equal within 1e-5."""
+    path = _rounded_gelu_model(tmp_path)
+    x = (RNG.standard_normal((8, 32)) * 2).astype(np.float32)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    engine = sparsejit.compile(path)
+    assert [n.op_type for n in next(iter(engine._plans.values())).step_nodes] == ["QMatMul"]
+    got = engine.run({"x": x})["y"]
+    diff = np.abs(got - ref)
+    close = diff <= 1e-5 * (1 + np.abs(ref))
+    assert close.mean() > 0.95
+    # one step of the biased sum's grid moves y by at most 1.13 steps; one of erf's or the sum's by |x| / 2 steps
+    bound = 1.13 * 0.06 + 0.6 * (np.abs(ref) + 0.1) * (1 / 127 + 2 / 255)
+    assert np.all(diff[~close] <= bound[~close])
+
+
 def test_rounded_epilogue_matches_onnxruntime(tmp_path) -> None:
     """Against onnxruntime's literal graph (every pair in float): the int8 product sums exactly where the
     float MatMul rounds, so an element may land one step of the last grid away, no more."""

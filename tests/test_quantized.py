@@ -523,6 +523,48 @@ def test_qgemm_kernel(m: int, k: int, n: int, wdt: Any, zero: str | None, act: s
     assert np.abs(outq.astype(np.int64) - refq).max() <= 1
 
 
+
+def test_qgemm_rounds_inside_a_gelu_where_a_qdq_graph_does() -> None:
+    """Points 3 and 4 of `fake_quant`: erf(x / sqrt 2) and 1 + erf(.) rounded to their grids, as quantize_static
+    writes GELU. Reference: numpy in float32 step by step (erf from math, in float64): equal within 2e-6
+    relative except where the two erfs straddle a rounding boundary (then off by one grid step)."""
+    from math import erf
+
+    from sparsejit.kernels import gemm_int8 as g
+    from sparsejit.kernels.simd_int8 import fake_quant_params
+
+    rng = np.random.default_rng(5)
+    m, k, n = 45, 96, 80
+    w = rng.integers(-127, 128, (k, n)).astype(np.int8)
+    ws = ((rng.random(n) + 0.5) * 0.004).astype(np.float32)
+    packed = g.pack_b_int8(w, ws)
+    q = rng.integers(0, 256, (m, k)).astype(np.int64)
+    aq = np.zeros((m, packed.kp), np.uint8)
+    aq[:, :k] = q
+    za, a_scale = 128, np.float32(0.03)
+    comp, sc = g.epilogue_vectors(packed, za, a_scale)
+    bias = rng.standard_normal(n).astype(np.float32)
+    e_grid, a_grid = [1 / 127, -128.0, 127.0], [2 / 255, 0.0, 255.0]
+    fq = fake_quant_params([None, None, None, e_grid, a_grid])
+    out = np.empty((m, n), np.float32)
+    g.qgemm(aq, packed, out, comp, sc, bias=bias, activation="gelu_erf", fake_quant=fq)
+
+    def rounded(v: np.ndarray, grid: list[float]) -> np.ndarray:
+        s = np.float32(grid[0])
+        return (np.rint(np.clip((v / s).astype(np.float32), grid[1], grid[2])) * s).astype(np.float32)
+
+    x = (((q - za) @ w.astype(np.int64)).astype(np.float32) * (a_scale * ws).astype(np.float32) + bias)
+    e = np.vectorize(erf)((x * np.float32(0.7071067811865476)).astype(np.float64)).astype(np.float32)
+    t = rounded((rounded(e, e_grid) + np.float32(1)).astype(np.float32), a_grid)
+    ref = (np.float32(0.5) * x * t).astype(np.float32)
+    close = np.abs(out - ref) <= 2e-6 * np.abs(ref) + 1e-30
+    assert close.mean() > 0.995, close.mean()
+    step = np.abs(0.5 * x) * (np.float32(e_grid[0]) + np.float32(a_grid[0])) * 1.01
+    assert np.all(np.abs(out - ref)[~close] <= step[~close])
+    plain = np.empty((m, n), np.float32)
+    g.qgemm(aq, packed, plain, comp, sc, bias=bias, activation="gelu_erf")
+    assert np.mean(plain != out) > 0.5  # the roundings are applied
+
 @_NO_AMX
 @pytest.mark.parametrize("m,k,n", [(1, 768, 40), (16, 64, 32), (20, 100, 33), (32, 128, 64), (33, 3072, 70),
                                    (70, 200, 96), (300, 64, 16)])

@@ -75,16 +75,17 @@ def test_4x1_qgemm_equals_dense_vnni(m: int, k: int, n: int, act: str | None) ->
         np.testing.assert_array_equal(got, ref)
 
 
-@pytest.mark.parametrize("points", ["all three", "no product rounding"])
+@pytest.mark.parametrize("points", ["all three", "no product rounding", "and the GELU's"])
 def test_sparse_kernels_round_a_qdq_epilogue_as_the_dense_one(points: str) -> None:
-    """Static QDQ graphs round the product, the biased sum and the residual sum (`fake_quant`): the sparse
+    """Static QDQ graphs round the product, the biased sum, the residual sum and inside GELU (`fake_quant`): the sparse
     kernels take the same roundings as the dense VNNI kernel, bit for bit, and the roundings do change it."""
     from sparsejit.kernels.simd_int8 import fake_quant_params
 
     rng = np.random.default_rng(17)
     m, k, n, act = 37, 256, 96, "gelu_erf"
     product = None if points == "no product rounding" else [0.05, -128.0, 127.0]
-    fq = fake_quant_params([product, [0.04, 0.0, 255.0], [0.03, -128.0, 127.0]], 3)
+    gelu = [[1 / 127, -128.0, 127.0], [2 / 255, 0.0, 255.0]] if points == "and the GELU's" else []
+    fq = fake_quant_params([product, [0.04, 0.0, 255.0], [0.03, -128.0, 127.0], *gelu])
     for bw, w_bw in ((16, 16), (32, 16), (1, 1)):
         w = _pruned_int8(rng, k, n, 0.8, bw=w_bw)
         packed, a_q, comp, scale, bias, res = _operands(rng, m, w)

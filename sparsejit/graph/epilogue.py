@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sparsejit.graph.fake_quant import fake_quant_producing
 from sparsejit.graph.ir import Graph, Node, Value
 from sparsejit.graph.op_traits import is_elementwise
 from sparsejit.graph.reference import evaluate
@@ -92,14 +93,61 @@ def match_epilogue(graph: Graph, uses: Uses, rewriter: Rewriter, product: Node, 
     return found
 
 
+def match_rounded_gelu(graph: Graph, uses: Uses, rewriter: Rewriter, start: int,
+                       y: str) -> tuple[list[Node], list[float] | None, list[float] | None] | None:
+    """GELU (erf form) of `y` right after `start` whose erf(.) and / or 1 + erf(.) are rounded by Q -> DQ
+    pairs, as quantize_static writes it: (its nodes, the erf rounding's [scale, lowest, highest], the
+    sum's). Recognised by what the chain computes with the pairs taken out, and by what each pair rounds:
+    the output of an Erf, or the sum of 1 and an (optionally rounded) Erf; any other rounding: None."""
+    found = _match_activation(graph, uses, rewriter, start, y, rounded=True)
+    if found is None or found[0] != "gelu_erf":
+        return None
+    members = found[1]
+    points: dict[str, list[float]] = {}
+    for node in members:
+        if node.op_type != "DequantizeLinear":
+            continue
+        pair = fake_quant_producing(graph, uses, node.outputs[0])
+        source = uses.producers.get(pair.source) if pair is not None else None
+        if pair is None or pair.quantize not in members or source is None:
+            return None
+        if source.op_type == "Erf" and "erf" not in points:
+            points["erf"] = pair.bounds
+        elif source.op_type == "Add" and "sum" not in points and _adds_one_to_erf(graph, uses, source):
+            points["sum"] = pair.bounds
+        else:
+            return None
+    quantizers = sum(n.op_type == "QuantizeLinear" for n in members)
+    if not points or quantizers != len(points):
+        return None
+    return members, points.get("erf"), points.get("sum")
+
+
+def _adds_one_to_erf(graph: Graph, uses: Uses, add: Node) -> bool:
+    one = [n for n in add.inputs if (c := scalar_constant(graph, n)) is not None and float(c) == 1.0]
+    other = [n for n in add.inputs if n not in one]
+    if len(one) != 1 or len(other) != 1:
+        return False
+    source = uses.producers.get(other[0])
+    if source is not None and source.op_type == "DequantizeLinear":
+        pair = fake_quant_producing(graph, uses, other[0])
+        source = uses.producers.get(pair.source) if pair is not None else None
+    return source is not None and source.op_type == "Erf"
+
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
 def _match_activation(graph: Graph, uses: Uses, rewriter: Rewriter, start: int,
-                      y: str) -> tuple[str, list[Node]] | None:
-    """The largest closed elementwise subgraph f(y) right after `start` that computes a known activation."""
+                      y: str, rounded: bool = False) -> tuple[str, list[Node]] | None:
+    """The largest closed elementwise subgraph f(y) right after `start` that computes a known activation;
+    `rounded`: Q -> DQ nodes may be members too, evaluated as if they were not there."""
     produced = {y}
     members: list[Node] = []
     best: tuple[str, list[Node]] | None = None
     for node in graph.nodes[start + 1: start + _WINDOW]:
-        if not is_elementwise(node.op_type, node.domain) or rewriter.is_claimed(node):
+        eligible = is_elementwise(node.op_type, node.domain) or (rounded and not node.domain and node.op_type in _QDQ)
+        if not eligible or rewriter.is_claimed(node):
             continue
         inputs = [n for n in node.inputs if n]
         if not any(n in produced for n in inputs):
@@ -111,16 +159,19 @@ def _match_activation(graph: Graph, uses: Uses, rewriter: Rewriter, start: int,
         escaping = [v for v in produced
                     if v in uses.graph_outputs or any(c not in members for c in uses.consumers.get(v, []))]
         if escaping == [node.outputs[0]]:
-            name = _identify(graph, members, y)
+            name = _identify(graph, members, y, rounded)
             if name is not None:
                 best = (name, list(members))
     return best
 
 
-def _identify(graph: Graph, members: list[Node], y: str) -> str | None:
+def _identify(graph: Graph, members: list[Node], y: str, skip_rounding: bool = False) -> str | None:
     values: dict[str, np.ndarray] = {y: _SAMPLES}
     with np.errstate(all="ignore"):
         for node in members:
+            if skip_rounding and node.op_type in _QDQ:
+                values[node.outputs[0]] = values[node.inputs[0]]
+                continue
             args = [values[n] if n in values else graph.initializers.get(n) if n else None for n in node.inputs]
             if any(n and a is None for n, a in zip(node.inputs, args, strict=True)):
                 return None

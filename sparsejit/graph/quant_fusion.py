@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from sparsejit.errors import UnsupportedOperatorError
-from sparsejit.graph.epilogue import bias_constant, is_residual, match_epilogue
+from sparsejit.graph.epilogue import bias_constant, is_residual, match_epilogue, match_rounded_gelu
 from sparsejit.graph.fake_quant import fake_quant_reading
 from sparsejit.graph.ir import Graph, Node, QuantSource, Value
 from sparsejit.graph.quant_ops import MS_DOMAIN, dequantized_source, matmulnbits_weight
@@ -167,12 +167,13 @@ def _fuse_dynamic(graph: Graph) -> Graph:
 
 
 def _match_rounded_epilogue(graph: Graph, uses: Uses, rewriter: Rewriter, product: Node, n_cols: int):
-    """A QDQ graph's epilogue: product -> [round] -> [Add bias [N] -> [round]] -> [Add residual -> [round]],
-    the roundings being Q -> DQ pairs on one per-tensor grid, at least one of them. Returns (nodes, bias
-    initializer or "", residual or "", output, [scale, lowest, highest] or None per rounding) or None."""
+    """A QDQ graph's epilogue: product -> [round] -> [Add bias [N] -> [round]] -> [GELU rounding inside]
+    -> [Add residual -> [round]], the roundings being Q -> DQ pairs on one per-tensor grid, at least one of
+    them. Returns (nodes, bias initializer or "", activation, residual or "", output, [scale, lowest,
+    highest] or None per rounding point of `simd_int8.FAKE_QUANT_POINTS`, output grid) or None."""
     nodes: list[Node] = []
-    fq: list[list[float] | None] = [None, None, None]
-    out, bias, residual = product.outputs[0], "", ""
+    fq: list[list[float] | None] = [None] * 5
+    out, bias, residual, activation = product.outputs[0], "", "", None
     grid = None  # the grid of the output, when a rounding is its last step
 
     def take(point: int) -> None:
@@ -199,6 +200,14 @@ def _match_rounded_epilogue(graph: Graph, uses: Uses, rewriter: Rewriter, produc
             nodes.append(add)
             out, grid = add.outputs[0], None
             take(1)
+    if fq[0] is not None or fq[1] is not None:
+        last = nodes[-1] if nodes else product
+        gelu = match_rounded_gelu(graph, uses, rewriter, rewriter.position(last), out)
+        if gelu is not None:
+            members, fq[3], fq[4] = gelu
+            activation = "gelu_erf"
+            nodes.extend(members)
+            out, grid = members[-1].outputs[0], None
     found = next_add() if fq[0] is not None or fq[1] is not None else None
     if found is not None:
         add, other = found
@@ -206,10 +215,11 @@ def _match_rounded_epilogue(graph: Graph, uses: Uses, rewriter: Rewriter, produc
             residual = other
             nodes.append(add)
             out, grid = add.outputs[0], None
-            take(2)
+    if residual or activation:
+        take(2)
     if not any(fq):
         return None
-    return nodes, bias, residual, out, fq, grid
+    return nodes, bias, activation, residual, out, fq if fq[3] or fq[4] else fq[:3], grid
 
 
 def _fuse_epilogues(graph: Graph, ctx: object = None) -> Graph:
@@ -222,8 +232,8 @@ def _fuse_epilogues(graph: Graph, ctx: object = None) -> Graph:
         n_cols = graph.initializers[node.inputs[1]].shape[1]
         rounded = _match_rounded_epilogue(graph, uses, rewriter, node, n_cols) if rounding else None
         if rounded is not None:
-            nodes, bias, residual, output, fq, grid = rounded
-            attrs = dict(node.attrs, activation=None, fake_quant=fq)
+            nodes, bias, activation, residual, output, fq, grid = rounded
+            attrs = dict(node.attrs, activation=activation, fake_quant=fq)
             if grid is not None:
                 attrs["output_grid"] = list(grid)  # read by redundant_requantize
             fused = Node("QMatMul", list(node.inputs[:4]) + [bias, residual], [output], attrs, DOMAIN, node.name)

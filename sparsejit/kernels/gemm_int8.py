@@ -40,9 +40,17 @@ from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty, default
 from sparsejit.kernels.gemm_amx import AMX_MR, AMX_NR, amx_kernel, amx_tile_configs
 from sparsejit.kernels.quantize import convert_rows, dynamic_quantize_rows, quantize_rows
 from sparsejit.kernels.simd_amx import amx_usable, require_amx
+from sparsejit.kernels.simd_int8 import fake_quant_vector
 from sparsejit.kernels.streaming import streams_output
 from sparsejit.kernels.threading import configure_threading, run_dynamic_tasks
-from sparsejit.kernels.tiles import epilogue_setup, group4_dot_tile, panel_driver, row_epilogue, split_last_panel
+from sparsejit.kernels.tiles import (
+    activation_import,
+    epilogue_setup,
+    group4_dot_tile,
+    panel_driver,
+    row_epilogue,
+    split_last_panel,
+)
 
 __all__ = ["PackedInt8", "pack_b_int8", "qgemm", "quantize_rows", "dynamic_quantize_rows", "convert_rows",
            "default_tile_int8", "epilogue_vectors", "bind_epilogue_vectors", "pad_columns", "bind_qgemm"]
@@ -168,7 +176,7 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool, 
     emit("from sparsejit.kernels.simd_int8 import (vload_bcast4, visub, vimul, vimax, vimin, vrint, vcvt_f2i,"
          " vstore_bytes_mask, vfake_quant)")
     if act is not None:
-        emit(f"from sparsejit.kernels.gemm import {_ACT_FN[act]} as _act")
+        emit(activation_import(act, fake_quant, _ACT_FN[act]))
     emit("")
     emit(f"K = {k}\nKP = {kp}\nN = {n}\nMR = {mr}\nNR = {nr}\nNPAN = {n_pan}\n")
     emit("@njit(cache=True, fastmath=True)")
@@ -214,7 +222,7 @@ def _kernel(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool, nt: 
 
 _EMPTY_F = np.zeros(16, dtype=np.float32)
 _NO_ROWSUM = np.zeros(1, dtype=np.int32)
-_NO_FAKE_QUANT = np.zeros(12, dtype=np.float32)
+_NO_FAKE_QUANT = fake_quant_vector(None)
 
 
 def qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, comp: np.ndarray, scale: np.ndarray,
@@ -236,8 +244,8 @@ def bind_qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, bias: np.nd
                rowsum: np.ndarray | None = None, out_zero: int = 0,
                mr: int | None = None, fake_quant: np.ndarray | None = None) -> Callable[[np.ndarray, np.ndarray], None]:
     """`qgemm` with its operands fixed: checks, views and kernel lookup done once, here. `fake_quant`
-    (float32 [12], see `simd_int8.vfake_quant`): round the float output where a QDQ graph does, before
-    the bias, after it and last (VNNI layout, float output only).
+    (float32, 4 per point, see `simd_int8.fake_quant_params`): round the float output where a QDQ graph
+    does, before the bias, after it, last, and inside a GELU (VNNI layout, float output only).
 
     Returns `run(comp, scale)`, which reads the current contents of `a_q`, `residual` and `rowsum`
     and writes `out` (a plan step's buffers stay put; only their data changes from call to call).
@@ -290,7 +298,7 @@ def bind_qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, bias: np.nd
     mr = default_tile_int8()[0] if mr is None else mr
     kernel = _kernel(packed.k, packed.n, mr, packed.nr, act, out_q, nt, fake_quant is not None)
     tpb = tiles_per_block(m, packed.kp, mr, packed.n_panels, _L2_A_BUDGET)
-    fq = _NO_FAKE_QUANT if fake_quant is None else np.ascontiguousarray(fake_quant, dtype=np.float32)
+    fq = _NO_FAKE_QUANT if fake_quant is None else fake_quant_vector(fake_quant)
 
     def run(comp: np.ndarray, scale: np.ndarray) -> None:
         if res_src is not None:

@@ -40,18 +40,26 @@ from sparsejit.kernels.simd import (
     _elem_ptr,
     _lane_mask,
     _splat,
+    vadd,
     vblend_lt,
     vbroadcast,
     vdiv,
     vec16f,
     vec16i,
+    verf,
+    vfma,
     vmul,
 )
 from sparsejit.kernels.target import host_target
 
 __all__ = ["vload_bcast4", "visub", "vimul", "vimax", "vimin", "vihsum", "vrint", "vcvt_f2i", "vcvt_rint", "vhmax",
            "vhmin", "vstore_bytes_mask", "vload_bytes_i", "vpack_u8x4", "vsum_bytes",
-           "vsum_bytes_total", "vfake_quant", "fake_quant_params", "fake_quant_value"]
+           "vsum_bytes_total", "vfake_quant", "vgelu_erf_rounded", "FAKE_QUANT_POINTS", "fake_quant_params",
+           "fake_quant_vector", "fake_quant_value"]
+
+# Rounding points of an int8 product's float epilogue (`fq`, 4 floats each): 0 the product before the
+# bias, 1 after it, 2 last; 3 and 4 inside a rounded GELU (`vgelu_erf_rounded`).
+FAKE_QUANT_POINTS = 5
 
 _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
@@ -317,13 +325,36 @@ def vfake_quant(x, fq, i):  # type: ignore[no-untyped-def]
     return vmul(vrint(t), vbroadcast(scale))
 
 
-def fake_quant_params(points: list, n_points: int) -> np.ndarray:
+@njit(inline="always", cache=True)
+def vgelu_erf_rounded(v, fq):  # type: ignore[no-untyped-def]
+    """0.5 x (1 + erf(x / sqrt 2)) with erf(.) rounded to point 3 of `fq` and 1 + erf(.) to point 4 (where
+    a QDQ graph's GELU rounds them; a point with scale 0 does not round)."""
+    h = vmul(v, vbroadcast(0.5))
+    e = verf(vmul(v, vbroadcast(0.7071067811865476)))
+    if fq[12] == 0.0 and fq[16] == 0.0:
+        return vfma(h, e, h)  # as `gemm._act_gelu_erf`, bit for bit
+    return vmul(h, vfake_quant(vadd(vfake_quant(e, fq, 3), vbroadcast(1.0)), fq, 4))
+
+
+def fake_quant_params(points: list, n_points: int = FAKE_QUANT_POINTS) -> np.ndarray:
     """The `fq` argument of `vfake_quant` from [scale, lowest, highest] per point (None: no rounding)."""
     fq = np.zeros(4 * n_points, np.float32)
     for i, point in enumerate(points):
         if point:
             fq[4 * i: 4 * i + 3] = point
     return fq
+
+
+def fake_quant_vector(fq: np.ndarray | None) -> np.ndarray:
+    """`fq` as the kernels take it: float32, C-contiguous, all `FAKE_QUANT_POINTS` points (missing ones
+    do not round); None: no rounding anywhere."""
+    out = np.zeros(4 * FAKE_QUANT_POINTS, np.float32)
+    if fq is not None:
+        flat = np.asarray(fq, dtype=np.float32).reshape(-1)
+        if flat.size > out.size or flat.size % 4:
+            raise ValueError(f"fake_quant must hold 4 floats per point, at most {FAKE_QUANT_POINTS} points")
+        out[: flat.size] = flat
+    return out
 
 
 def fake_quant_value(x: np.float32, fq: np.ndarray, i: int) -> np.float32:

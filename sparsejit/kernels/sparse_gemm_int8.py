@@ -27,8 +27,9 @@ from numba import get_num_threads
 
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS, _aligned_empty
+from sparsejit.kernels.simd_int8 import fake_quant_vector
 from sparsejit.kernels.threading import configure_threading, run_dynamic_tasks
-from sparsejit.kernels.tiles import dequantize_add_bias
+from sparsejit.kernels.tiles import activation_call, activation_import, dequantize_add_bias
 
 __all__ = ["BlockSparseInt8", "INT8_BLOCK_WIDTHS", "block_sparse_int8", "block_qgemm"]
 
@@ -119,7 +120,7 @@ def _gen_source(bw: int, mr: int, act: str | None, fake_quant: bool = False) -> 
     emit("from sparsejit.kernels.simd_int8 import vfake_quant, vload_bcast4, visub")
     emit("from sparsejit.kernels.sparse_gemm import iload")
     if act is not None:
-        emit(f"from sparsejit.kernels.gemm import {_ACT_FN[act]} as _act")
+        emit(activation_import(act, fake_quant, _ACT_FN[act]))
     emit("")
     emit(f"BW = {bw}\nMR = {mr}\n")
     emit("@njit(cache=True, fastmath=True)")
@@ -154,7 +155,7 @@ def _gen_source(bw: int, mr: int, act: str | None, fake_quant: bool = False) -> 
             emit(f"{ind}x = visub(c{r}_{v}, k{v})")
             L.extend(dequantize_add_bias("x", f"s{v}", f"e{v}", ind, fake_quant))
             if act is not None:
-                emit(f"{ind}f = _act(f)")
+                emit(f"{ind}f = {activation_call(act, fake_quant)}")
             emit(f"{ind}if has_res:")
             emit(f"{ind}    f = vadd(f, vload_mask(res, row + {16 * v}, m{v}))")
             if fake_quant:
@@ -210,7 +211,7 @@ def _task_shape(m: int, kp: int, mr: int, n_cb: int, cb_bytes: int, threads: int
 
 
 _EMPTY_F = np.zeros(16, dtype=np.float32)
-_NO_FAKE_QUANT = np.zeros(12, dtype=np.float32)
+_NO_FAKE_QUANT = fake_quant_vector(None)
 
 
 def _padded(v: np.ndarray, size: int) -> np.ndarray:
@@ -225,7 +226,7 @@ def block_qgemm(a_q: np.ndarray, weight: BlockSparseInt8, out: np.ndarray, comp:
                 bias: np.ndarray | None = None, activation: str | None = None,
                 residual: np.ndarray | None = None, fake_quant: np.ndarray | None = None) -> None:
     """out = act(float(a_q @ W - comp) * scale + bias) + residual, W block-sparse int8 (float32 out);
-    `fake_quant` (float32 [12], `simd_int8.fake_quant_params`): rounded as `gemm_int8.bind_qgemm`'s.
+    `fake_quant` (float32, `simd_int8.fake_quant_params`): rounded as `gemm_int8.bind_qgemm`'s.
 
     `a_q` is uint8 [M, KP]; `comp` (int32), `scale` and `bias` (float32) are per-column vectors of at
     least N entries (`gemm_int8.epilogue_vectors` / `pad_columns` give them), zero-padded here to whole
@@ -250,7 +251,7 @@ def block_qgemm(a_q: np.ndarray, weight: BlockSparseInt8, out: np.ndarray, comp:
         res_f = res_f.copy()
     mr = _BLOCK_MR[weight.bw]
     kernel = _kernel(weight.bw, mr, activation, fake_quant is not None)
-    fq = _NO_FAKE_QUANT if fake_quant is None else np.ascontiguousarray(fake_quant, dtype=np.float32)
+    fq = _NO_FAKE_QUANT if fake_quant is None else fake_quant_vector(fake_quant)
     run_dynamic_tasks(kernel, a_q.reshape(-1), weight.values, weight.groups, weight.ptr, out.reshape(-1), comp, scale,
                       bias_f, res_f, m, weight.kp, weight.n,
                       *_task_shape(m, weight.kp, mr, n_cb, weight.values.nbytes // max(1, n_cb), get_num_threads()),

@@ -27,8 +27,9 @@ from numba import njit, prange
 from sparsejit.kernels.codegen import load_generated_once
 from sparsejit.kernels.gemm import _ACT_FN, ACTIVATIONS
 from sparsejit.kernels.simd import vtranspose16
+from sparsejit.kernels.simd_int8 import fake_quant_vector
 from sparsejit.kernels.threading import configure_threading, dynamic_tasks
-from sparsejit.kernels.tiles import dequantize_add_bias
+from sparsejit.kernels.tiles import activation_call, activation_import, dequantize_add_bias
 
 __all__ = ["KSparseInt8", "ksparse_int8", "ksparse_qgemm", "lanes_scratch_size", "ROW_GROUPS"]
 
@@ -121,7 +122,7 @@ def _gen_source(act: str | None, fake_quant: bool = False) -> str:
     emit("from sparsejit.kernels.simd_int8 import vfake_quant, visub")
     emit("from sparsejit.kernels.sparse_gemm import iload")
     if act is not None:
-        emit(f"from sparsejit.kernels.gemm import {_ACT_FN[act]} as _act")
+        emit(activation_import(act, fake_quant, _ACT_FN[act]))
     emit("")
     sig = ("void(int32[::1], int32[::1], int32[::1], int64[::1], float32[::1], int32[::1], float32[::1], "
            "float32[::1], float32[::1], int64, int64, int64, boolean, float32[::1])")
@@ -164,7 +165,7 @@ def _gen_source(act: str | None, fake_quant: bool = False) -> str:
     emit("                x = visub(viload(rows, i * 16), k0)")
     L.extend(dequantize_add_bias("x", "s0", "e0", "                ", fake_quant))
     if act is not None:
-        emit("                f = _act(f)")
+        emit(f"                f = {activation_call(act, fake_quant)}")
     emit("                if has_res:")
     emit("                    f = vadd(f, vload_mask(res, row, width))")
     if fake_quant:
@@ -180,7 +181,7 @@ def _kernel(act: str | None, fake_quant: bool = False) -> Any:
 
 
 _EMPTY_F = np.zeros(16, dtype=np.float32)
-_NO_FAKE_QUANT = np.zeros(12, dtype=np.float32)
+_NO_FAKE_QUANT = fake_quant_vector(None)
 
 
 def _padded(v: np.ndarray, size: int, dtype: Any) -> np.ndarray:
@@ -197,7 +198,7 @@ def ksparse_qgemm(a_q: np.ndarray, weight: KSparseInt8, out: np.ndarray, comp: n
                   residual: np.ndarray | None = None, scratch: np.ndarray | None = None,
                   fake_quant: np.ndarray | None = None) -> None:
     """out = act(float(a_q @ W - comp) * scale + bias) + residual with W in 4 x 1 blocks (float32 out);
-    `fake_quant` (float32 [12], `simd_int8.fake_quant_params`): rounded as `gemm_int8.bind_qgemm`'s.
+    `fake_quant` (float32, `simd_int8.fake_quant_params`): rounded as `gemm_int8.bind_qgemm`'s.
 
     `a_q` is uint8 [M, KP]; `comp` (int32), `scale` and `bias` (float32) are per-column vectors of at
     least N entries (as for `gemm_int8.qgemm`). `scratch` (int32, `lanes_scratch_size(M, KP)`
@@ -224,7 +225,7 @@ def ksparse_qgemm(a_q: np.ndarray, weight: KSparseInt8, out: np.ndarray, comp: n
     bias_f = np.zeros(pad, np.float32) if bias is None else _padded(bias, pad, np.float32)
     with dynamic_tasks():
         _rows_to_lanes(a_q, m, g_count, a16)
-        fq = _NO_FAKE_QUANT if fake_quant is None else np.ascontiguousarray(fake_quant, dtype=np.float32)
+        fq = _NO_FAKE_QUANT if fake_quant is None else fake_quant_vector(fake_quant)
         _kernel(activation, fake_quant is not None)(
             a16.reshape(-1), weight.values, weight.groups, weight.ptr, out.reshape(-1), _padded(comp, pad, np.int32),
             _padded(scale, pad, np.float32), bias_f, res_f, m, g_count, weight.n, residual is not None, fq)

@@ -12,6 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+# activations with rounding points of their own (3 and 4 of `fq`) when a QDQ graph rounds inside them
+_ROUNDED_ACTIVATIONS = {"gelu_erf": "vgelu_erf_rounded"}
+
+
+def activation_import(act: str, fake_quant: bool, plain: str) -> str:
+    """The generated module's import of its activation as `_act`: `plain` (a `kernels.gemm` function
+    name) or, in a rounding epilogue, the activation's rounded form from `simd_int8` where it has one."""
+    if fake_quant and act in _ROUNDED_ACTIVATIONS:
+        return f"from sparsejit.kernels.simd_int8 import {_ROUNDED_ACTIVATIONS[act]} as _act"
+    return f"from sparsejit.kernels.gemm import {plain} as _act"
+
+
+def activation_call(act: str, fake_quant: bool) -> str:
+    """The expression applying `_act` (imported by `activation_import`) to `f`."""
+    return "_act(f, fq)" if fake_quant and act in _ROUNDED_ACTIVATIONS else "_act(f)"
+
 
 def zero_tile(mr: int, nv: int, indent: str) -> list[str]:
     """c{r}_{v} = 0 for the whole tile."""
@@ -56,7 +72,7 @@ def activate_add_store(act: str | None, v: int, lanes: int, indent: str, store: 
     """The float epilogue's tail on `f` (vector v of a row at `row`): activation, residual, [rounding
     to fake-quantisation point 2 of `fq`], store (`store` names the full-vector store: `vstore`, or
     `vstore_nt` for 64-byte aligned rows)."""
-    lines = [f"{indent}f = _act(f)"] if act is not None else []
+    lines = [f"{indent}f = {activation_call(act, round_last)}"] if act is not None else []
     lines += [f"{indent}if has_res:", f"{indent}    f = vadd(f, vload_mask(res, row + {16 * v}, {lanes}))"]
     if round_last:
         lines.append(f"{indent}f = vfake_quant(f, fq, 2)")

@@ -423,7 +423,7 @@ def _qmatmul(node: Node, ctx: LowerContext) -> Step:
         ctx.arrays[key] = shared  # type: ignore[index]
     rowsum = shared.rowsum if packed.has_zero else None
     fake_quant = node.attrs.get("fake_quant")  # QDQ roundings fused by quant_fusion, in every kernel's epilogue
-    fq = fake_quant_params(fake_quant, 3) if fake_quant else None
+    fq = fake_quant_params(fake_quant) if fake_quant else None
     name, kernel = kernels.choose(m, activation, fq)
     if name == "dense":  # operands bound once: no per-call argument checks in the hot loop
         product = bind_qgemm(shared.aq, packed, out, bias, activation, residual, rowsum, fake_quant=fq)
