@@ -45,6 +45,7 @@ from sparsejit.kernels.streaming import streams_output
 from sparsejit.kernels.threading import configure_threading, run_dynamic_tasks
 from sparsejit.kernels.tiles import (
     activation_import,
+    deferred_tail,
     epilogue_setup,
     group4_dot_tile,
     panel_driver,
@@ -191,6 +192,8 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool, 
     L.extend(group4_dot_tile(mr, nv, nr, "KP", "KP // 4", "vizero()", "vdpbusd"))
     L.extend(epilogue_setup(nv, out_q))
 
+    deferred = act is not None and fake_quant and not out_q  # a long tail, once per tile (`tiles.deferred_tail`)
+
     def body(indent: str, width: int) -> None:
         for r in range(mr):
             ind = indent
@@ -198,7 +201,9 @@ def _gen_source(k: int, n: int, mr: int, nr: int, act: str | None, out_q: bool, 
                 emit(f"{indent}if nrows > {r}:")
                 ind = indent + "    "
             L.extend(row_epilogue(lambda v, r=r: f"c{r}_{v}", f"i0 + {r}", nv, width, ind, out_q, act, nt,
-                                  fake_quant))
+                                  fake_quant, tail=not deferred))
+        if deferred:
+            L.extend(deferred_tail(nv, width, indent, act, fake_quant))
 
     split_last_panel(body, emit, nr, last_w, n_pan)
     emit("")
@@ -296,6 +301,8 @@ def bind_qgemm(a_q: np.ndarray, packed: PackedInt8, out: np.ndarray, bias: np.nd
 
         return run_amx
     mr = default_tile_int8()[0] if mr is None else mr
+    if act is not None and fake_quant is not None:
+        nt = False  # the rounded activation re-reads the tile's stored rows
     kernel = _kernel(packed.k, packed.n, mr, packed.nr, act, out_q, nt, fake_quant is not None)
     tpb = tiles_per_block(m, packed.kp, mr, packed.n_panels, _L2_A_BUDGET)
     fq = _NO_FAKE_QUANT if fake_quant is None else fake_quant_vector(fake_quant)

@@ -138,7 +138,7 @@ def epilogue_setup(nv: int, out_q: bool) -> list[str]:
 
 
 def row_epilogue(acc: Callable[[int], str], row_index: str, nv: int, width: int, ind: str, out_q: bool,
-                 act: str | None, nt: bool, fake_quant: bool = False) -> list[str]:
+                 act: str | None, nt: bool, fake_quant: bool = False, tail: bool = True) -> list[str]:
     """Generated-code lines finishing one output row (`row_index`) of a panel `width` columns wide from
     its int32 accumulator vectors `acc(v)`: zero-point corrections, dequantisation, then the float
     epilogue (bias, activation, residual) or requantisation to 8 bits, and the stores. `fake_quant`:
@@ -157,7 +157,26 @@ def row_epilogue(acc: Callable[[int], str], row_index: str, nv: int, width: int,
                       f"{ind}vstore_bytes_mask(out, row + {16 * v}, q, {lanes})"]
             continue
         lines += dequantize_add_bias("x", f"s{v}", f"e{v}", ind, fake_quant)
-        lines += activate_add_store(act, v, lanes, ind, "vstore_nt" if nt else "vstore", round_last=fake_quant)
+        if tail:
+            lines += activate_add_store(act, v, lanes, ind, "vstore_nt" if nt else "vstore", round_last=fake_quant)
+        else:  # the tail runs later, as `deferred_tail`
+            lines.append(f"{ind}vstore(out, row + {16 * v}, f)" if lanes == 16
+                         else f"{ind}vstore_mask(out, row + {16 * v}, f, {lanes})")
+    return lines
+
+
+def deferred_tail(nv: int, width: int, ind: str, act: str | None, fake_quant: bool) -> list[str]:
+    """The float epilogue's tail (`activate_add_store`) over a tile whose rows `row_epilogue(tail=False)`
+    stored: a loop over its rows re-reading them from L1, so a long tail (a rounded GELU) is generated
+    once, not once per row of the register tile."""
+    lines = [f"{ind}for r in range(nrows):", f"{ind}    row = (i0 + r) * N + cb"]
+    for v in range(nv):
+        lanes = min(16, width - 16 * v)
+        if lanes <= 0:
+            continue
+        lines.append(f"{ind}    f = vload(out, row + {16 * v})" if lanes == 16
+                     else f"{ind}    f = vload_mask(out, row + {16 * v}, {lanes})")
+        lines += activate_add_store(act, v, lanes, ind + "    ", round_last=fake_quant)
     return lines
 
 
