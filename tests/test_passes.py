@@ -291,22 +291,24 @@ def test_dropped_requantisation_matches_onnxruntime(tmp_path) -> None:
         specialise(load_onnx(onnx.load(str(path))), {"x": (2, 3, 4)}), None).nodes) == 1
 
 
+def _qdq(src: str, dst: str, grid: str) -> list[onnx.NodeProto]:
+    """ONNX QuantizeLinear -> DequantizeLinear from `src` to `dst` on the grid of initializers s{grid}, z{grid}."""
+    return [oh.make_node("QuantizeLinear", [src, f"s{grid}", f"z{grid}"], [dst + "_q"]),
+            oh.make_node("DequantizeLinear", [dst + "_q", f"s{grid}", f"z{grid}"], [dst])]
+
+
 def _rounded_product_model(tmp_path):  # type: ignore[no-untyped-def]
     """x -> Q/DQ -> MatMul(DQ(W int8)) -> Q/DQ -> + bias -> Q/DQ -> + r -> Q/DQ -> y: a QDQ product with
     its bias and residual each rounded, as quantize_static writes it."""
-    def pair(src: str, dst: str, grid: str) -> list[onnx.NodeProto]:
-        return [oh.make_node("QuantizeLinear", [src, f"s{grid}", f"z{grid}"], [dst + "_q"]),
-                oh.make_node("DequantizeLinear", [dst + "_q", f"s{grid}", f"z{grid}"], [dst])]
-
     w = RNG.integers(-127, 128, (32, 48)).astype(np.int8)
     inits = [nh.from_array(w, "Wq"), nh.from_array(np.array(0.01, np.float32), "sw"),
              nh.from_array(np.array(0, np.int8), "zw"), nh.from_array(_w(48), "bias")]
     for i, (s, z) in enumerate([(0.03, 128), (0.05, 120), (0.06, 131), (0.08, 126)]):
         inits += [nh.from_array(np.array(s, np.float32), f"s{i}"), nh.from_array(np.array(z, np.uint8), f"z{i}")]
-    nodes = (pair("x", "xd", "0") + [oh.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["W"]),
+    nodes = (_qdq("x", "xd", "0") + [oh.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["W"]),
                                        oh.make_node("MatMul", ["xd", "W"], ["m"])]
-             + pair("m", "md", "1") + [oh.make_node("Add", ["md", "bias"], ["a"])] + pair("a", "ad", "2")
-             + [oh.make_node("Add", ["ad", "r"], ["b"])] + pair("b", "y", "3"))
+             + _qdq("m", "md", "1") + [oh.make_node("Add", ["md", "bias"], ["a"])] + _qdq("a", "ad", "2")
+             + [oh.make_node("Add", ["ad", "r"], ["b"])] + _qdq("b", "y", "3"))
     graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [8, 32]),
                                        oh.make_tensor_value_info("r", TensorProto.FLOAT, [8, 48])],
                           [oh.make_tensor_value_info("y", TensorProto.FLOAT, [8, 48])], inits)
@@ -335,10 +337,6 @@ def test_rounded_bias_and_residual_fuse_into_the_int8_product(tmp_path, allowed:
 def _rounded_gelu_model(tmp_path):  # type: ignore[no-untyped-def]
     """x -> Q/DQ -> MatMul(DQ(W int8)) -> Q/DQ -> + bias -> Q/DQ -> GELU with erf(.) and 1 + erf(.) each
     rounded (Div, Erf, Q/DQ, Add 1, Q/DQ, Mul, Mul 0.5: quantize_static's default GELU) -> y."""
-    def pair(src: str, dst: str, grid: str) -> list[onnx.NodeProto]:
-        return [oh.make_node("QuantizeLinear", [src, f"s{grid}", f"z{grid}"], [dst + "_q"]),
-                oh.make_node("DequantizeLinear", [dst + "_q", f"s{grid}", f"z{grid}"], [dst])]
-
     w = RNG.integers(-127, 128, (32, 48)).astype(np.int8)
     inits = [nh.from_array(w, "Wq"), nh.from_array(np.array(0.01, np.float32), "sw"),
              nh.from_array(np.array(0, np.int8), "zw"), nh.from_array(_w(48), "bias"),
@@ -347,11 +345,11 @@ def _rounded_gelu_model(tmp_path):  # type: ignore[no-untyped-def]
     for i, (s, z, dt) in enumerate([(0.03, 128, np.uint8), (0.05, 120, np.uint8), (0.06, 131, np.uint8),
                                      (1 / 127, 0, np.int8), (2 / 255, 0, np.uint8)]):
         inits += [nh.from_array(np.array(s, np.float32), f"s{i}"), nh.from_array(np.array(z, dt), f"z{i}")]
-    nodes = (pair("x", "xd", "0") + [oh.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["W"]),
+    nodes = (_qdq("x", "xd", "0") + [oh.make_node("DequantizeLinear", ["Wq", "sw", "zw"], ["W"]),
                                        oh.make_node("MatMul", ["xd", "W"], ["m"])]
-             + pair("m", "md", "1") + [oh.make_node("Add", ["md", "bias"], ["a"])] + pair("a", "ad", "2")
-             + [oh.make_node("Div", ["ad", "sqrt2"], ["d"]), oh.make_node("Erf", ["d"], ["e"])] + pair("e", "ed", "3")
-             + [oh.make_node("Add", ["ed", "one"], ["p"])] + pair("p", "pd", "4")
+             + _qdq("m", "md", "1") + [oh.make_node("Add", ["md", "bias"], ["a"])] + _qdq("a", "ad", "2")
+             + [oh.make_node("Div", ["ad", "sqrt2"], ["d"]), oh.make_node("Erf", ["d"], ["e"])] + _qdq("e", "ed", "3")
+             + [oh.make_node("Add", ["ed", "one"], ["p"])] + _qdq("p", "pd", "4")
              + [oh.make_node("Mul", ["ad", "pd"], ["g"]), oh.make_node("Mul", ["g", "half"], ["y"])])
     graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [8, 32])],
                           [oh.make_tensor_value_info("y", TensorProto.FLOAT, [8, 48])], inits)

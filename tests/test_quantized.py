@@ -523,7 +523,6 @@ def test_qgemm_kernel(m: int, k: int, n: int, wdt: Any, zero: str | None, act: s
     assert np.abs(outq.astype(np.int64) - refq).max() <= 1
 
 
-
 def test_qgemm_rounds_inside_a_gelu_where_a_qdq_graph_does() -> None:
     """Points 3 and 4 of `fake_quant`: erf(x / sqrt 2) and 1 + erf(.) rounded to their grids, as quantize_static
     writes GELU. Reference: numpy in float32 step by step (erf from math, in float64): equal within 2e-6
@@ -564,6 +563,7 @@ def test_qgemm_rounds_inside_a_gelu_where_a_qdq_graph_does() -> None:
     plain = np.empty((m, n), np.float32)
     g.qgemm(aq, packed, plain, comp, sc, bias=bias, activation="gelu_erf")
     assert np.mean(plain != out) > 0.5  # the roundings are applied
+
 
 @_NO_AMX
 @pytest.mark.parametrize("m,k,n", [(1, 768, 40), (16, 64, 32), (20, 100, 33), (32, 128, 64), (33, 3072, 70),
